@@ -14,6 +14,16 @@ class DatasetUnavailableError(ValueError):
         self.remedy = remedy
         self.cause = cause
         because = f" ({cause})" if cause else ""
-        super().__init__(
-            f"{dataset}: no prepared data in {directory}{because}; {remedy}".replace("\n", " ")
+        self.message = f"{dataset}: no prepared data in {directory}{because}; {remedy}".replace(
+            "\n", " "
         )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __init_subclass__(cls, **kwargs):
+        # gin re-raises errors from configurables as a subclass whose __str__ appends the
+        # configurable's name on new lines; keep the one line that tools print.
+        super().__init_subclass__(**kwargs)
+        cls.__str__ = DatasetUnavailableError.__str__

@@ -49,9 +49,9 @@ def cutout(image: tf.Tensor, length: int, seed: tf.Tensor) -> tf.Tensor:
     if not length:
         return image
     height, width = image.shape[0], image.shape[1]
-    centre = tf.random.stateless_uniform(
-        [2], seed, minval=0, maxval=tf.constant([height, width]), dtype=tf.int32
-    )
+    # Uniform in [0, 1) scaled per axis (stateless int sampling wants a scalar maxval).
+    unit = tf.random.stateless_uniform([2], seed, dtype=tf.float32)
+    centre = tf.cast(unit * tf.constant([height, width], tf.float32), tf.int32)
     rows = tf.range(height)[:, None]
     cols = tf.range(width)[None, :]
     half = length // 2

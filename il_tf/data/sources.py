@@ -22,8 +22,9 @@ from il_tf.data.errors import DatasetUnavailableError
 TfdsConfig = collections.namedtuple("TfdsConfig", ["data_dir", "manual_dir", "download"])
 
 # Hosts tried (TCP 443, a few seconds) before a download: without network tfds's own attempt
-# spends minutes in DNS retries before it fails (204 s measured here for cifar10).
-_PROBE_HOSTS = ("storage.googleapis.com", "pypi.org")
+# spends minutes in DNS retries before it fails (204 s measured here for cifar10). General
+# internet hosts (tfds's own mirror first), not package indexes, which sandboxes often allow.
+_PROBE_HOSTS = ("storage.googleapis.com", "www.google.com")
 _PROBE_TIMEOUT_S = 4.0
 
 
@@ -250,7 +251,13 @@ class FolderSource:
         pass
 
     def _instructions(self, split: str):
-        return tfds.core.ReadInstruction.from_spec(split).to_absolute(self.builder.info.splits)
+        """[(split name, start, stop)] of a split string, on ImageFolder's example order."""
+        splits = self.builder.info.splits
+        return [
+            (i.splitname, i.from_ or 0,
+             splits[i.splitname].num_examples if i.to is None else i.to)
+            for i in tfds.core.ReadInstruction.from_spec(split).to_absolute(splits)
+        ]
 
     def read(self, split: str, *, shuffle_files: bool = False, seed: int = 0,
              decode: bool = True) -> tf.data.Dataset:
@@ -258,9 +265,9 @@ class FolderSource:
         if not decode:
             raise ValueError("folder sources decode images (PNG/JPEG/...) when read")
         parts = []
-        for instruction in self._instructions(split):
-            part = self.builder.as_dataset(split=instruction.splitname, as_supervised=True)
-            parts.append(part.skip(instruction.from_).take(instruction.to - instruction.from_))
+        for name, start, stop in self._instructions(split):
+            part = self.builder.as_dataset(split=name, as_supervised=True)
+            parts.append(part.skip(start).take(stop - start))
         dataset = parts[0]
         for part in parts[1:]:
             dataset = dataset.concatenate(part)
@@ -270,7 +277,7 @@ class FolderSource:
         return self.read(split).map(lambda image, label: label)
 
     def num_examples(self, split: str) -> int:
-        return sum(i.to - i.from_ for i in self._instructions(split))
+        return sum(stop - start for _, start, stop in self._instructions(split))
 
 
 def _is_flat_layout(root_dir: str) -> bool:
