@@ -121,22 +121,24 @@ class TfdsSource:
         self._prepared = True
 
     def _is_readable(self) -> bool:
+        splits = list(self.builder.info.splits) or ["train"]
         try:  # Under tfds.testing.mock_data this succeeds without files.
-            self.builder.as_dataset(split=list(self.builder.info.splits)[0] if
-                                    self.builder.info.splits else "train")
+            self.builder.as_dataset(split=splits[0])
             return True
         except (AssertionError, FileNotFoundError, ValueError, KeyError):
             return False
 
     def _download_and_prepare(self) -> None:
         where = os.fspath(self.builder.data_dir)
-        build = f"`tfds build {self.name} --data_dir=DIR`"
-        copy_hint = f"run {build} where there is network and bind il_tf.data.tfds_config.data_dir='DIR'"
+        copy_hint = (
+            f"run `tfds build {self.name} --data_dir=DIR` where there is network and bind "
+            "il_tf.data.tfds_config.data_dir='DIR'"
+        )
         offline = getattr(type(self.builder), "OFFLINE", False)
         manual_dir = None
         if self.builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
             manual_dir = self._manual_dir or os.path.join(
-                os.fspath(self.builder._data_dir_root), "downloads", "manual"  # pylint: disable=protected-access
+                os.fspath(self.builder.data_dir_root), "downloads", "manual"
             )
             if not tf.io.gfile.exists(manual_dir) or not tf.io.gfile.listdir(manual_dir):
                 raise DatasetUnavailableError(
