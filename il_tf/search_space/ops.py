@@ -1,4 +1,23 @@
-"""The eight DARTS primitives as Keras layers, in one name -> constructor registry."""
+"""The eight DARTS primitives as Keras layers, in one name -> constructor registry.
+
+Everything here follows quark0/darts `cnn/operations.py` to the pixel, in NHWC:
+- ReLU -> conv -> BN order; a separable conv is applied twice; BatchNorm has PyTorch's
+  momentum 0.1 (Keras momentum 0.9) and eps 1e-5.
+- PyTorch pads stride-2 windows (1, 1) where TF's "same" pads (0, 1); every stride-2 op here
+  pads explicitly so the windows sit where DARTS's do.
+- A stride-2 dilated conv reads only even pixels (DARTS's paddings equal the dilation times
+  the half kernel), so it is computed exactly as "subsample, then the undilated conv":
+  4x cheaper than stride 1 + subsample, and TF refuses stride 2 with dilation 2 anyway.
+- Weights start as PyTorch's default (uniform +-1/sqrt(fan_in)).
+The ops are plain TF inside Keras layers: fewer graph nodes per op than stacks of Keras
+layers, which is what the search step's trace time is made of.
+"""
+import contextlib
+import weakref
+from typing import Callable, Dict
+
+import keras
+import tensorflow as tf
 
 # The DARTS primitive order. Alphas have one column per entry, in this order.
 PRIMITIVES = (
@@ -11,3 +30,279 @@ PRIMITIVES = (
     "dil_conv_3x3",
     "dil_conv_5x5",
 )
+
+# PyTorch's default init for conv and linear weights: kaiming_uniform(a=sqrt(5)), which is
+# uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+def torch_default_init():
+    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _pads(p):
+    return [[0, 0], [p, p], [p, p], [0, 0]]
+
+
+_GRAPH_CONSTANTS = weakref.WeakKeyDictionary()
+
+
+def _shared_constant(key, make):
+    """One constant per traced graph for `key`, instead of a new Const op at every use.
+
+    A supernet trace holds hundreds of identical BN scale/offset constants otherwise; every
+    op costs trace and Grappler time.
+    """
+    graph = tf.compat.v1.get_default_graph()
+    if tf.executing_eagerly():
+        return make()
+    cache = _GRAPH_CONSTANTS.setdefault(graph, {})
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+class Composite(keras.layers.Layer):
+    """A layer made only of other layers, which build themselves when first called.
+
+    Keras builds a layer without a `build` method by tracing its `call` symbolically, and
+    for nested layers that retraces every subtree: 55 s for a small supernet. Declaring the
+    composite built and letting the leaves build on their first call avoids all of that.
+    """
+
+    def build(self, input_shape=None):
+        self.built = True
+
+
+_UPDATE_MOVING_STATISTICS = [True]
+
+
+@contextlib.contextmanager
+def moving_statistics_frozen():
+    """Within this context (at trace time) training-mode BN normalises with batch statistics
+    but does not update its moving averages.
+
+    The architecture step's gradient passes (virtual step, finite differences) are not real
+    training steps: their statistics must not leak into the model, and leaving the update
+    out saves a third of the forward graph's nodes.
+    """
+    _UPDATE_MOVING_STATISTICS.append(False)
+    try:
+        yield
+    finally:
+        _UPDATE_MOVING_STATISTICS.pop()
+
+
+class BatchNorm(keras.layers.Layer):
+    """BatchNorm on NHWC with PyTorch's defaults, as one fused op.
+
+    `affine=False` is DARTS's supernet BN (no scale/offset). Moving statistics use the
+    "mean" aggregation so that every replica of a MirroredStrategy may update them.
+    """
+
+    def __init__(self, affine: bool = True, momentum: float = 0.9, epsilon: float = 1e-5, **kw):
+        super().__init__(**kw)
+        self.affine, self.momentum, self.epsilon = affine, momentum, epsilon
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        if self.affine:
+            self.gamma = self.add_weight(shape=(c,), initializer="ones", name="gamma")
+            self.beta = self.add_weight(shape=(c,), initializer="zeros", name="beta")
+        self.moving_mean = self.add_weight(
+            shape=(c,), initializer="zeros", trainable=False, name="moving_mean",
+            aggregation="mean", autocast=False)
+        self.moving_variance = self.add_weight(
+            shape=(c,), initializer="ones", trainable=False, name="moving_variance",
+            aggregation="mean", autocast=False)
+
+    def call(self, x, training=False):
+        c = x.shape[-1]
+        if self.affine:
+            scale, offset = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
+        else:
+            scale = _shared_constant(("ones", c), lambda: tf.ones([c], tf.float32))
+            offset = _shared_constant(("zeros", c), lambda: tf.zeros([c], tf.float32))
+        if training:
+            empty = _shared_constant("empty", lambda: tf.constant([], tf.float32))
+            y, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=scale, offset=offset, mean=empty, variance=empty,
+                epsilon=self.epsilon, is_training=True)
+            if _UPDATE_MOVING_STATISTICS[-1]:
+                rate = 1.0 - self.momentum
+                self.moving_mean.assign_sub((self.moving_mean - mean) * rate)
+                self.moving_variance.assign_sub((self.moving_variance - var) * rate)
+            return y
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            x, scale, offset, mean=self.moving_mean, variance=self.moving_variance,
+            epsilon=self.epsilon, is_training=False)
+        return y
+
+    def get_config(self):
+        return {**super().get_config(), "affine": self.affine, "momentum": self.momentum,
+                "epsilon": self.epsilon}
+
+
+class Conv(keras.layers.Layer):
+    """A bias-free conv, optionally depthwise; explicit symmetric padding as PyTorch's."""
+
+    def __init__(self, filters: int, kernel_size: int, stride: int = 1, dilation: int = 1,
+                 depthwise: bool = False, **kw):
+        super().__init__(**kw)
+        self.filters, self.kernel_size, self.stride = filters, kernel_size, stride
+        self.dilation, self.depthwise = dilation, depthwise
+
+    def build(self, input_shape):
+        c_in = int(input_shape[-1])
+        k = self.kernel_size
+        shape = (k, k, c_in, 1) if self.depthwise else (k, k, c_in, self.filters)
+        self.kernel = self.add_weight(shape=shape, initializer=torch_default_init(), name="kernel")
+
+    def call(self, x):
+        pad = self.dilation * (self.kernel_size - 1) // 2
+        kernel = tf.cast(self.kernel, x.dtype)
+        strides = [1, self.stride, self.stride, 1]
+        if self.depthwise:
+            if self.dilation > 1:  # tf.nn's dilated path needs "SAME"; stride is 1 here.
+                return tf.nn.depthwise_conv2d(x, kernel, strides, "SAME",
+                                              dilations=[self.dilation] * 2)
+            # The raw op: tf.nn's wrapper adds shape and dilation constants at every call.
+            return tf.raw_ops.DepthwiseConv2dNative(
+                input=x, filter=kernel, strides=strides, padding="EXPLICIT",
+                explicit_paddings=[0, 0, pad, pad, pad, pad, 0, 0])
+        if self.kernel_size == 1 and self.stride == 1:
+            return tf.nn.conv2d(x, kernel, 1, "VALID")
+        return tf.nn.conv2d(x, kernel, strides, _pads(pad), dilations=self.dilation)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "stride": self.stride, "dilation": self.dilation, "depthwise": self.depthwise}
+
+
+class ReLUConvBN(Composite):
+    """ReLU -> conv -> BN (DARTS's ReLUConvBN: cell preprocessing and the like)."""
+
+    def __init__(self, filters: int, kernel_size: int = 1, stride: int = 1,
+                 affine: bool = True, **kw):
+        super().__init__(**kw)
+        self.conv = Conv(filters, kernel_size, stride)
+        self.bn = BatchNorm(affine)
+
+    def call(self, x, training=False):
+        return self.bn(self.conv(tf.nn.relu(x)), training=training)
+
+
+class DilConv(Composite):
+    """ReLU -> depthwise conv (dilated) -> 1x1 conv -> BN."""
+
+    def __init__(self, filters: int, kernel_size: int, stride: int, dilation: int = 2,
+                 affine: bool = True, **kw):
+        super().__init__(**kw)
+        self.stride = stride
+        # With stride 2 the dilated taps land on even pixels only: subsample, then an undilated
+        # conv of the same kernel size is the same function (see the module docstring).
+        self.depthwise = Conv(0, kernel_size, 1, 1 if stride == 2 else dilation, depthwise=True)
+        self.pointwise = Conv(filters, 1)
+        self.bn = BatchNorm(affine)
+
+    def call(self, x, training=False):
+        if self.stride == 2:
+            x = x[:, ::2, ::2, :]
+        return self.bn(self.pointwise(self.depthwise(tf.nn.relu(x))), training=training)
+
+
+class SepConv(Composite):
+    """DARTS's separable conv: (ReLU -> depthwise -> 1x1 -> BN) twice, stride on the first."""
+
+    def __init__(self, filters: int, kernel_size: int, stride: int, affine: bool = True, **kw):
+        super().__init__(**kw)
+        self.dw1 = Conv(0, kernel_size, stride, depthwise=True)
+        self.pw1 = Conv(filters, 1)
+        self.bn1 = BatchNorm(affine)
+        self.dw2 = Conv(0, kernel_size, 1, depthwise=True)
+        self.pw2 = Conv(filters, 1)
+        self.bn2 = BatchNorm(affine)
+
+    def call(self, x, training=False):
+        x = self.bn1(self.pw1(self.dw1(tf.nn.relu(x))), training=training)
+        return self.bn2(self.pw2(self.dw2(tf.nn.relu(x))), training=training)
+
+
+class FactorizedReduce(Composite):
+    """Halves the resolution with two 1x1 convs on even and odd pixels, concatenated."""
+
+    def __init__(self, filters: int, affine: bool = True, **kw):
+        super().__init__(**kw)
+        if filters % 2:
+            raise ValueError(f"FactorizedReduce needs an even channel count, got {filters}.")
+        self.conv1 = Conv(filters // 2, 1)
+        self.conv2 = Conv(filters // 2, 1)
+        self.bn = BatchNorm(affine)
+
+    def call(self, x, training=False):
+        x = tf.nn.relu(x)
+        y = tf.concat([self.conv1(x[:, ::2, ::2, :]), self.conv2(x[:, 1::2, 1::2, :])], axis=-1)
+        return self.bn(y, training=training)
+
+
+class Identity(Composite):
+    def call(self, x, training=False):
+        return x
+
+
+class Zero(Composite):
+    """DARTS's `none`. Mixed ops skip it (its output is zero whatever its weight)."""
+
+    def __init__(self, stride: int = 1, **kw):
+        super().__init__(**kw)
+        self.stride = stride
+
+    def call(self, x, training=False):
+        return tf.zeros_like(x[:, :: self.stride, :: self.stride, :])
+
+
+class Pool(Composite):
+    """3x3 max or average pooling (DARTS's: pad 1, average over valid pixels only).
+
+    In the supernet DARTS follows pooling with an affine-free BN (`bn=True`).
+    """
+
+    def __init__(self, kind: str, stride: int, bn: bool = False, **kw):
+        super().__init__(**kw)
+        if kind not in ("max", "avg"):
+            raise ValueError(f"Pool kind must be 'max' or 'avg', got {kind!r}.")
+        self.kind, self.stride = kind, stride
+        self.bn = BatchNorm(affine=False) if bn else None
+
+    def call(self, x, training=False):
+        if self.stride == 1:  # "SAME" at stride 1 is PyTorch's symmetric pad of 1.
+            pool = tf.nn.max_pool2d if self.kind == "max" else tf.nn.avg_pool2d
+            y = pool(x, 3, 1, "SAME")
+        elif self.kind == "max":
+            y = tf.nn.max_pool2d(x, 3, 2, _pads(1))
+        else:
+            # Zero-padded sum over the window divided by the number of real pixels in it
+            # (count_include_pad=False); the count map is a constant of the static shape.
+            ones = tf.ones([1, x.shape[1], x.shape[2], 1], x.dtype)
+            y = (tf.nn.avg_pool2d(tf.pad(x, _pads(1)), 3, 2, "VALID")
+                 / tf.nn.avg_pool2d(tf.pad(ones, _pads(1)), 3, 2, "VALID"))
+        return self.bn(y, training=training) if self.bn is not None else y
+
+
+# name -> constructor(channels, stride, affine, in_supernet)
+OPS: Dict[str, Callable[..., keras.layers.Layer]] = {
+    "none": lambda c, stride, affine, supernet=False: Zero(stride),
+    "max_pool_3x3": lambda c, stride, affine, supernet=False: Pool("max", stride, bn=supernet),
+    "avg_pool_3x3": lambda c, stride, affine, supernet=False: Pool("avg", stride, bn=supernet),
+    "skip_connect": lambda c, stride, affine, supernet=False: (
+        Identity() if stride == 1 else FactorizedReduce(c, affine)),
+    "sep_conv_3x3": lambda c, stride, affine, supernet=False: SepConv(c, 3, stride, affine),
+    "sep_conv_5x5": lambda c, stride, affine, supernet=False: SepConv(c, 5, stride, affine),
+    "dil_conv_3x3": lambda c, stride, affine, supernet=False: DilConv(c, 3, stride, 2, affine),
+    "dil_conv_5x5": lambda c, stride, affine, supernet=False: DilConv(c, 5, stride, 2, affine),
+}
+assert tuple(OPS) == PRIMITIVES
+
+
+def make_op(name: str, channels: int, stride: int, affine: bool, supernet: bool = False):
+    """Builds primitive `name` (one of PRIMITIVES) with `channels` in and out."""
+    if name not in OPS:
+        raise ValueError(f"Unknown op {name!r}; known ops: {', '.join(PRIMITIVES)}.")
+    return OPS[name](channels, stride, affine, supernet)
