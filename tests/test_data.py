@@ -274,3 +274,17 @@ def test_per_replica_batches_on_two_logical_cpus(data_dir):
     assert lines["train"] == "[(8, 8, 8, 3), (8, 8, 8, 3)]"
     seen, total, replicas = lines["test"].split()
     assert seen == total and replicas == "2"
+
+
+def test_training_iterator_resumes_from_a_checkpoint(data_dir, tmp_path):
+    task = data.get_task("digits_low", data_dir=data_dir)
+    iterator = iter(task.dataset("search_train", 16, training=True, seed=1))
+    for _ in range(30):  # Past the first epoch (361 examples), into the reshuffled second.
+        next(iterator)
+    path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / "it"))
+    expected = [next(iterator) for _ in range(3)]
+    restored = iter(task.dataset("search_train", 16, training=True, seed=1))
+    tf.train.Checkpoint(iterator=restored).read(path).assert_consumed()
+    for (x1, y1), (x2, y2) in zip(expected, (next(restored) for _ in range(3))):
+        np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+        np.testing.assert_array_equal(y1.numpy(), y2.numpy())
