@@ -1,0 +1,62 @@
+"""Gin plumbing shared by every tool: finding gin files, parsing strictly, saving the config.
+
+Library code never reads flags; the tools in `tools/` pass their `--gin_file` and
+`--gin_bindings` flags here (dopamine/trax style).
+"""
+import os
+import pathlib
+from typing import Optional, Sequence
+
+import gin
+
+# gin_configs/ at the repository root (an editable install) or beside the package.
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+GIN_CONFIG_DIRS = (_PACKAGE_DIR.parent / "gin_configs", _PACKAGE_DIR / "gin_configs")
+
+
+class ConfigError(ValueError):
+    """A gin file or binding that cannot be used; its message is one line with the fix."""
+
+
+def find_gin_file(name: str) -> str:
+    """Resolves `name`: an existing path, else a file in gin_configs/ (".gin" optional)."""
+    candidates = [pathlib.Path(name)]
+    for directory in GIN_CONFIG_DIRS:
+        candidates += [directory / name, directory / f"{name}.gin"]
+    for path in candidates:
+        if path.is_file():
+            return str(path)
+    shipped = sorted(p.relative_to(d).as_posix() for d in GIN_CONFIG_DIRS if d.is_dir()
+                     for p in d.rglob("*.gin"))
+    raise ConfigError(f"gin file {name!r} not found (looked in the current directory and "
+                      f"gin_configs/); shipped configs: {', '.join(shipped) or 'none'}.")
+
+
+def _one_line(error: Exception) -> str:
+    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+    return " ".join(lines[:2]) if lines else type(error).__name__
+
+
+def parse(gin_files: Optional[Sequence[str]] = (), gin_bindings: Optional[Sequence[str]] = (),
+          imports: Sequence[str] = ()) -> None:
+    """Parses gin files and bindings strictly: an unknown configurable or parameter raises a
+    `ConfigError` naming it, before any work starts."""
+    for module in imports:
+        __import__(module)
+    files = [find_gin_file(f) for f in (gin_files or [])]
+    try:
+        gin.parse_config_files_and_bindings(files, list(gin_bindings or []),
+                                            skip_unknown=False, finalize_config=False)
+    except (ValueError, KeyError, TypeError, ImportError, SyntaxError) as error:
+        raise ConfigError(f"bad gin configuration: {_one_line(error)} (check the spelling of "
+                          f"the binding against the shipped gin files and README).") from error
+
+
+def save_operative_config(model_dir: str) -> str:
+    """Writes the operative config (only the values actually used) to model_dir/config.gin."""
+    path = os.path.join(model_dir, "config.gin")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(gin.operative_config_str())
+    os.replace(tmp, path)
+    return path
