@@ -24,6 +24,9 @@ setuptools.setup(
         "keras>=3.10,<4",
         "tensorflow-datasets>=4.9.9,<5",
         "absl-py>=2.1",
+        "tensorboard>=2.20",
+        # tfds imports it for downloads without declaring it.
+        "importlib_resources",
         "gin-config>=0.5",
         # Carries the offline dataset (its bundled 8x8 handwritten digits).
         "scikit-learn>=1.4",

@@ -98,7 +98,8 @@ class SupernetFunctions:
         `new_stats` are the moving averages after this batch (used by the real steps only).
         """
         if self._grad_fn is None:
-            self._grad_fn = tf.function(self._gradients, reduce_retracing=True)
+            self._grad_fn = tf.function(self._gradients, reduce_retracing=True,
+                                        experimental_attributes={"_noinline": True})
         return self._grad_fn(w, h, stats, list(alphas), images, labels, loss_scale)
 
     def _gradients(self, w, h, stats, alphas, images, labels, loss_scale):

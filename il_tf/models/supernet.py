@@ -45,15 +45,13 @@ class Architecture(keras.layers.Layer):
         self.steps, self.num_ops, self.edge_normalization = steps, num_ops, edge_normalization
         e = num_edges(steps)
         init = keras.initializers.RandomNormal(stddev=1e-3, seed=seed)
-        self.alphas_normal = self.add_weight(shape=(e, num_ops), initializer=init,
-                                             name="alphas_normal", autocast=False)
-        self.alphas_reduce = self.add_weight(shape=(e, num_ops), initializer=init,
-                                             name="alphas_reduce", autocast=False)
+        # A is updated identically on every replica (from all-reduced gradients).
+        kw = dict(initializer=init, autocast=False, aggregation="only_first_replica")
+        self.alphas_normal = self.add_weight(shape=(e, num_ops), name="alphas_normal", **kw)
+        self.alphas_reduce = self.add_weight(shape=(e, num_ops), name="alphas_reduce", **kw)
         if edge_normalization:
-            self.betas_normal = self.add_weight(shape=(e,), initializer=init,
-                                                name="betas_normal", autocast=False)
-            self.betas_reduce = self.add_weight(shape=(e,), initializer=init,
-                                                name="betas_reduce", autocast=False)
+            self.betas_normal = self.add_weight(shape=(e,), name="betas_normal", **kw)
+            self.betas_reduce = self.add_weight(shape=(e,), name="betas_reduce", **kw)
         self.built = True
 
     def _edge_weights(self, betas):

@@ -1,0 +1,40 @@
+"""Choosing the tf.distribute strategy, and the input streams that go with it.
+
+"auto": MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster, MirroredStrategy over
+all local GPUs when there is more than one, otherwise the default (one device) strategy.
+"""
+import json
+import os
+
+import gin
+import tensorflow as tf
+
+from il_tf.data import tasks as tasks_lib
+
+
+@gin.configurable(module="il_tf")
+def get_strategy(kind: str = "auto"):
+    """Returns the strategy of `kind`: auto, default, mirrored or multi_worker."""
+    if kind == "auto":
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+        if sum(len(v) for v in cluster.values()) > 1:
+            kind = "multi_worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            kind = "mirrored"
+        else:
+            kind = "default"
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {kind!r}; use auto, default, mirrored or multi_worker.")
+
+
+def dataset(strategy, task, role, global_batch_size, *, training, seed=0, cutout=0):
+    """A task's stream for `strategy`: a plain dataset on one replica, else distributed."""
+    if strategy.num_replicas_in_sync == 1 and getattr(strategy.extended, "_num_workers", 1) <= 1:
+        return task.dataset(role, global_batch_size, training=training, seed=seed, cutout=cutout)
+    return tasks_lib.distribute_dataset(strategy, task, role, global_batch_size,
+                                        training=training, seed=seed, cutout=cutout)
