@@ -8,3 +8,19 @@ _quiet.import_tensorflow_quietly()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from il_tf.version import __version__
+from il_tf.search_space.genotypes import Genotype
+from il_tf.search_space.genotypes import GenotypeError
+from il_tf.search_space.genotypes import derive_genotype
+from il_tf.search_space.genotypes import get_genotype
+from il_tf.search_space.ops import PRIMITIVES
+from il_tf.models.supernet import Architecture
+from il_tf.models.supernet import ClassifierHead
+from il_tf.models.supernet import Supernet
+from il_tf.models.network import NetworkCIFAR
+from il_tf.models.network import NetworkImageNet
+from il_tf.models.network import count_multiply_adds
+from il_tf.models.network import count_parameters
+from il_tf.data import DatasetUnavailableError
+from il_tf.data import Task
+from il_tf.data import distribute_dataset
+from il_tf.data import get_task

@@ -108,7 +108,9 @@ class SupernetFunctions:
             logits, new_stats = self._logits(w, h, stats, alphas, images, training=True)
             per_example = cross_entropy(logits, labels)
             loss = tf.reduce_sum(per_example) * loss_scale
-        gw, gh, ga = tape.gradient(loss, [w, h, alphas])
+        # An alpha no cell uses (e.g. alphas_normal with layers <= 2) gets a zero gradient.
+        gw, gh, ga = tape.gradient(loss, [w, h, alphas],
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                                  tf.cast(labels, tf.int32)), tf.float32))
         return loss, correct, gw, gh, ga, new_stats

@@ -199,7 +199,8 @@ class InterleavingOptimizer(tf.Module):
             w1 = w - xi * (self.momentum * learner.encoder_momentum + gw + rw)
             h1 = h - xi * (self.momentum * learner.head_momentum + gh + rh)
             val_loss = self.fn.training_loss(w1, h1, alphas, x_val, y_val, scale)
-        return outer.gradient(val_loss, alphas), val_loss
+        return outer.gradient(val_loss, alphas,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO), val_loss
 
     def architecture_step(self, batches):
         """Eq. 4 summed over learners, then one Adam step on A (eq. 1's upper level)."""

@@ -50,7 +50,7 @@ def _softmax_image(alphas: np.ndarray) -> np.ndarray:
     return img[None, :, :, None].astype(np.float32)
 
 
-@gin.configurable(module="il_tf", denylist=["model_dir"])
+@gin.configurable("search", module="il_tf", denylist=["model_dir"])
 def search(model_dir: str,
            tasks: Optional[Sequence] = None,
            batch_size: int = 64,
