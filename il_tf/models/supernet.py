@@ -25,14 +25,6 @@ def num_edges(steps: int = 4) -> int:
     return sum(NUM_INPUT_NODES + i for i in range(steps))
 
 
-def channel_shuffle(x, groups: int):
-    """PC-DARTS's channel shuffle in NHWC: interleaves `groups` channel groups."""
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    x = tf.reshape(x, [-1, h, w, groups, c // groups])
-    x = tf.transpose(x, [0, 1, 2, 4, 3])
-    return tf.reshape(x, [-1, h, w, c])
-
-
 class Architecture(keras.layers.Layer):
     """The architecture parameters A: alphas (and PC-DARTS betas) of normal and reduce cells.
 
@@ -64,19 +56,14 @@ class Architecture(keras.layers.Layer):
         return tf.concat(out, axis=0)
 
     def call(self, dtype=tf.float32):
-        """Returns {normal, reduce}: (op weights as E lists of num_ops scalars, edge weights as
-        a list of E scalars or None)."""
+        """Returns {normal, reduce}: (op weights (E, num_ops), edge weights (E,) or None)."""
         result = {}
         for kind in ("normal", "reduce"):
             alphas = getattr(self, f"alphas_{kind}")
-            # Unstacked once here so that the cells index Python lists, not tensors: one op
-            # per row instead of a strided slice per use.
-            op_w = [tf.unstack(row) for row in
-                    tf.unstack(tf.cast(tf.nn.softmax(alphas, axis=-1), dtype))]
+            op_w = tf.cast(tf.nn.softmax(alphas, axis=-1), dtype)
             edge_w = None
             if self.edge_normalization:
-                edge_w = tf.unstack(
-                    tf.cast(self._edge_weights(getattr(self, f"betas_{kind}")), dtype))
+                edge_w = tf.cast(self._edge_weights(getattr(self, f"betas_{kind}")), dtype)
             result[kind] = (op_w, edge_w)
         return result
 
@@ -91,41 +78,96 @@ class Architecture(keras.layers.Layer):
                 "edge_normalization": self.edge_normalization}
 
 
-class MixedOp(ops_lib.Composite):
-    """One edge: the weighted sum of every primitive applied to the input (DARTS eq. 2).
+def edge_index(node: int, source: int) -> int:
+    """DARTS's edge order: input `source` of intermediate node `node`."""
+    return sum(NUM_INPUT_NODES + i for i in range(node)) + source
 
-    With `partial_channels` = k > 1 (PC-DARTS) only the first C/k channels go through the
-    ops; the rest bypass them (max-pooled on stride 2) and the result is channel-shuffled.
+
+def channel_shuffle(x, groups: int):
+    """PC-DARTS's channel shuffle (interleaves `groups` channel groups) on the last axis."""
+    shape = tf.shape(x)
+    c = x.shape[-1]
+    y = tf.reshape(x, tf.concat([shape[:-1], [groups, c // groups]], 0))
+    y = tf.linalg.matrix_transpose(y)
+    return tf.reshape(y, tf.concat([shape[:-1], [c]], 0))
+
+
+class MixedOp(ops_lib.Composite):
+    """The mixed ops of every edge that leaves a set of states (DARTS eq. 2, batched).
+
+    DARTS computes each of a cell's 14 edges on its own: 8 ops x 14 edges of small tensors,
+    a graph of tens of thousands of nodes per pass. The edges that read the same states are
+    independent, so this layer runs them together: each primitive with weights runs once,
+    as a grouped op over the input tiled once per edge (`ops.make_op(..., groups=E)`); the
+    weight-free ops (pooling + affine-free BN, identity) give the same output for every edge
+    and run once per source. The result is the exact DARTS mixture for every edge.
+
+    `sources` states (same shape) each feed `num_edges` edges; with `partial_channels` = k
+    (PC-DARTS) only the first C/k channels go through the ops, the rest bypass them
+    (max-pooled on stride 2) and each edge's result is channel-shuffled.
     `none` is not computed: its output is zero whatever its weight.
+
+    Call: (states list, op weights (sources, edges, num_ops)) -> (B, H, W, sources, edges, C).
     """
 
-    def __init__(self, channels: int, stride: int, partial_channels: int = 1, **kw):
+    def __init__(self, channels: int, stride: int, sources: int, num_edges: int,
+                 partial_channels: int = 1, **kw):
         super().__init__(**kw)
-        self.stride, self.k = stride, partial_channels
         if channels % partial_channels:
             raise ValueError(f"channels ({channels}) must be divisible by partial_channels "
                              f"({partial_channels}).")
+        self.stride, self.k = stride, partial_channels
+        self.sources, self.num_edges = sources, num_edges
         c = channels // partial_channels
-        self.op_indices = [i for i, name in enumerate(ops_lib.PRIMITIVES) if name != "none"]
-        self.ops = [ops_lib.make_op(ops_lib.PRIMITIVES[i], c, stride, affine=False, supernet=True)
-                    for i in self.op_indices]
+        self.per_edge, self.shared = [], []  # (primitive index, layer)
+        for i, name in enumerate(ops_lib.PRIMITIVES):
+            if name == "none":
+                continue
+            if name in ops_lib.SHARED_IN_SUPERNET or (name == "skip_connect" and stride == 1):
+                self.shared.append((i, ops_lib.make_op(name, c, stride, False, True)))
+            else:
+                self.per_edge.append((i, ops_lib.make_op(name, c, stride, False, True,
+                                                         groups=sources * num_edges)))
 
-    def call(self, x, op_weights, training=False):
+    def call(self, states, op_weights, training=False):
+        s, e = self.sources, self.num_edges
         if self.k > 1:
-            c = x.shape[-1] // self.k
-            x, rest = x[..., :c], x[..., c:]
-        y = tf.add_n([op_weights[i] * op(x, training=training)
-                      for i, op in zip(self.op_indices, self.ops)])
+            c = states[0].shape[-1] // self.k
+            rest = [x[..., c:] for x in states]
+            states = [x[..., :c] for x in states]
+        x = states[0] if s == 1 else tf.concat(states, axis=-1)          # (B, H, W, S*C)
+        h, w, c = x.shape[1], x.shape[2], x.shape[3] // s
+        # Each source's channels repeated once per edge: (B, H, W, S*E*C), source-major.
+        tiled = tf.reshape(tf.tile(tf.reshape(x, [-1, h, w, s, 1, c]), [1, 1, 1, 1, e, 1]),
+                           [-1, h, w, s * e * c])
+        columns = tf.unstack(op_weights[:, :, None, :], axis=-1)          # num_ops x (S, E, 1)
+        terms = []
+        for i, op in self.per_edge:
+            y = op(tiled, training=training)
+            y = tf.reshape(y, [-1, *y.shape[1:3], s, e, y.shape[-1] // (s * e)])
+            terms.append(columns[i] * y)
+        for i, op in self.shared:
+            y = op(x, training=training)
+            y = tf.reshape(y, [-1, *y.shape[1:3], s, 1, y.shape[-1] // s])
+            terms.append(columns[i] * y)
+        out = tf.add_n(terms)                                             # (B, H', W', S, E, C)
         if self.k > 1:
+            r = tf.concat(rest, axis=-1) if s > 1 else rest[0]
             if self.stride == 2:
-                rest = tf.nn.max_pool2d(rest, 2, 2, "VALID")
-            y = channel_shuffle(tf.concat([y, rest], axis=-1), self.k)
-        return y
+                r = tf.nn.max_pool2d(r, 2, 2, "VALID")
+            r = tf.reshape(r, [-1, *r.shape[1:3], s, 1, r.shape[-1] // s])
+            r = tf.broadcast_to(r, [tf.shape(out)[0], *out.shape[1:5], r.shape[-1]])
+            out = channel_shuffle(tf.concat([out, r], axis=-1), self.k)
+        return out
 
 
 class SearchCell(ops_lib.Composite):
     """A DARTS search cell: 2 input nodes, `steps` intermediate nodes, concat of the last
-    `multiplier` nodes. Input i of node j is edge number sum_{j'<j}(j'+2) + i."""
+    `multiplier` nodes. Input j of node i is edge number `edge_index(i, j)`.
+
+    Edges are computed grouped by the state they read: the two input states together (all
+    their 2 x steps edges at once), then each intermediate node as soon as it exists.
+    """
 
     def __init__(self, steps: int, multiplier: int, channels: int, reduction: bool,
                  reduction_prev: bool, partial_channels: int = 1, **kw):
@@ -134,24 +176,32 @@ class SearchCell(ops_lib.Composite):
         self.preprocess0 = (ops_lib.FactorizedReduce(channels, affine=False) if reduction_prev
                             else ops_lib.ReLUConvBN(channels, 1, 1, affine=False))
         self.preprocess1 = ops_lib.ReLUConvBN(channels, 1, 1, affine=False)
-        self.edges = []
-        for i in range(steps):
-            for j in range(NUM_INPUT_NODES + i):
-                stride = 2 if reduction and j < NUM_INPUT_NODES else 1
-                self.edges.append(MixedOp(channels, stride, partial_channels))
+        # Group 0: the input states (stride 2 in a reduction cell) -> every node.
+        self.input_edges = MixedOp(channels, 2 if reduction else 1, NUM_INPUT_NODES, steps,
+                                   partial_channels, name="input_edges")
+        # Group j: intermediate node j -> the nodes after it.
+        self.node_edges = [MixedOp(channels, 1, 1, steps - 1 - j, partial_channels,
+                                   name=f"node{j}_edges") for j in range(steps - 1)]
+        self._rows = [[[edge_index(i, j) for i in range(steps)] for j in range(NUM_INPUT_NODES)]]
+        self._rows += [[[edge_index(i, NUM_INPUT_NODES + j) for i in range(j + 1, steps)]]
+                       for j in range(steps - 1)]
 
     def call(self, s0, s1, op_weights, edge_weights=None, training=False):
+        """op_weights: (E, num_ops) softmax weights; edge_weights: (E,) or None."""
         states = [self.preprocess0(s0, training=training),
                   self.preprocess1(s1, training=training)]
-        offset = 0
-        for _ in range(self.steps):
-            terms = []
-            for j, h in enumerate(states):
-                e = offset + j
-                out = self.edges[e](h, op_weights[e], training=training)
-                terms.append(out if edge_weights is None else edge_weights[e] * out)
-            offset += len(states)
-            states.append(tf.add_n(terms))
+        groups = [self.input_edges] + self.node_edges
+        incoming = [[] for _ in range(self.steps)]  # per node, its summed inputs so far
+        for g, (layer, rows) in enumerate(zip(groups, self._rows)):
+            w = tf.gather(op_weights, rows)                                  # (S, E, ops)
+            out = layer(states if g == 0 else [states[-1]], w, training=training)
+            if edge_weights is not None:
+                out = tf.gather(edge_weights, rows)[:, :, None] * out
+            out = tf.reduce_sum(out, axis=-3) if out.shape[-3] > 1 else out[..., 0, :, :]
+            first = 0 if g == 0 else g   # destination of this group's first edge
+            for e, y in enumerate(tf.unstack(out, axis=-2)):
+                incoming[first + e].append(y)
+            states.append(tf.add_n(incoming[len(states) - NUM_INPUT_NODES]))
         return tf.concat(states[-self.multiplier:], axis=-1)
 
 

@@ -141,18 +141,23 @@ class BatchNorm(keras.layers.Layer):
 
 
 class Conv(keras.layers.Layer):
-    """A bias-free conv, optionally depthwise; explicit symmetric padding as PyTorch's."""
+    """A bias-free conv, optionally depthwise; explicit symmetric padding as PyTorch's.
+
+    `groups` > 1 splits the channels into independent blocks (a grouped conv), which is how
+    the supernet runs one primitive for several edges in a single op.
+    """
 
     def __init__(self, filters: int, kernel_size: int, stride: int = 1, dilation: int = 1,
-                 depthwise: bool = False, **kw):
+                 depthwise: bool = False, groups: int = 1, **kw):
         super().__init__(**kw)
         self.filters, self.kernel_size, self.stride = filters, kernel_size, stride
-        self.dilation, self.depthwise = dilation, depthwise
+        self.dilation, self.depthwise, self.groups = dilation, depthwise, groups
 
     def build(self, input_shape):
         c_in = int(input_shape[-1])
         k = self.kernel_size
-        shape = (k, k, c_in, 1) if self.depthwise else (k, k, c_in, self.filters)
+        shape = (k, k, c_in, 1) if self.depthwise else (k, k, c_in // self.groups, self.filters)
+        # PyTorch's init bound uses the fan-in of one group, as a grouped nn.Conv2d does.
         self.kernel = self.add_weight(shape=shape, initializer=torch_default_init(), name="kernel")
 
     def call(self, x):
@@ -173,7 +178,8 @@ class Conv(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
-                "stride": self.stride, "dilation": self.dilation, "depthwise": self.depthwise}
+                "stride": self.stride, "dilation": self.dilation, "depthwise": self.depthwise,
+                "groups": self.groups}
 
 
 class ReLUConvBN(Composite):
@@ -193,13 +199,13 @@ class DilConv(Composite):
     """ReLU -> depthwise conv (dilated) -> 1x1 conv -> BN."""
 
     def __init__(self, filters: int, kernel_size: int, stride: int, dilation: int = 2,
-                 affine: bool = True, **kw):
+                 affine: bool = True, groups: int = 1, **kw):
         super().__init__(**kw)
         self.stride = stride
         # With stride 2 the dilated taps land on even pixels only: subsample, then an undilated
         # conv of the same kernel size is the same function (see the module docstring).
         self.depthwise = Conv(0, kernel_size, 1, 1 if stride == 2 else dilation, depthwise=True)
-        self.pointwise = Conv(filters, 1)
+        self.pointwise = Conv(filters, 1, groups=groups)
         self.bn = BatchNorm(affine)
 
     def call(self, x, training=False):
@@ -211,13 +217,14 @@ class DilConv(Composite):
 class SepConv(Composite):
     """DARTS's separable conv: (ReLU -> depthwise -> 1x1 -> BN) twice, stride on the first."""
 
-    def __init__(self, filters: int, kernel_size: int, stride: int, affine: bool = True, **kw):
+    def __init__(self, filters: int, kernel_size: int, stride: int, affine: bool = True,
+                 groups: int = 1, **kw):
         super().__init__(**kw)
         self.dw1 = Conv(0, kernel_size, stride, depthwise=True)
-        self.pw1 = Conv(filters, 1)
+        self.pw1 = Conv(filters, 1, groups=groups)
         self.bn1 = BatchNorm(affine)
         self.dw2 = Conv(0, kernel_size, 1, depthwise=True)
-        self.pw2 = Conv(filters, 1)
+        self.pw2 = Conv(filters, 1, groups=groups)
         self.bn2 = BatchNorm(affine)
 
     def call(self, x, training=False):
@@ -226,19 +233,32 @@ class SepConv(Composite):
 
 
 class FactorizedReduce(Composite):
-    """Halves the resolution with two 1x1 convs on even and odd pixels, concatenated."""
+    """Halves the resolution with two 1x1 convs on even and odd pixels, concatenated.
 
-    def __init__(self, filters: int, affine: bool = True, **kw):
+    With `groups` = G the channels are G independent blocks, each reduced as above; each
+    block's output is [its conv1 half, its conv2 half].
+    """
+
+    def __init__(self, filters: int, affine: bool = True, groups: int = 1, **kw):
         super().__init__(**kw)
-        if filters % 2:
-            raise ValueError(f"FactorizedReduce needs an even channel count, got {filters}.")
-        self.conv1 = Conv(filters // 2, 1)
-        self.conv2 = Conv(filters // 2, 1)
+        if filters % (2 * groups):
+            raise ValueError(f"FactorizedReduce needs channels divisible by 2 x groups, got "
+                             f"{filters} and {groups} groups.")
+        self.groups = groups
+        self.conv1 = Conv(filters // 2, 1, groups=groups)
+        self.conv2 = Conv(filters // 2, 1, groups=groups)
         self.bn = BatchNorm(affine)
 
     def call(self, x, training=False):
         x = tf.nn.relu(x)
-        y = tf.concat([self.conv1(x[:, ::2, ::2, :]), self.conv2(x[:, 1::2, 1::2, :])], axis=-1)
+        a, b = self.conv1(x[:, ::2, ::2, :]), self.conv2(x[:, 1::2, 1::2, :])
+        if self.groups == 1:
+            y = tf.concat([a, b], axis=-1)
+        else:  # Interleave per block: [a_1, b_1, a_2, b_2, ...].
+            g, h, w, c = self.groups, a.shape[1], a.shape[2], a.shape[3] // self.groups
+            y = tf.reshape(tf.concat([tf.reshape(a, [-1, h, w, g, c]),
+                                      tf.reshape(b, [-1, h, w, g, c])], axis=-1),
+                           [-1, h, w, 2 * g * c])
         return self.bn(y, training=training)
 
 
@@ -286,23 +306,35 @@ class Pool(Composite):
         return self.bn(y, training=training) if self.bn is not None else y
 
 
-# name -> constructor(channels, stride, affine, in_supernet)
+# name -> constructor(channels, stride, affine, supernet, groups). `groups` = G builds G
+# independent copies working on G channel blocks of `channels` each (ops without weights
+# ignore it: they are channel-wise anyway).
 OPS: Dict[str, Callable[..., keras.layers.Layer]] = {
-    "none": lambda c, stride, affine, supernet=False: Zero(stride),
-    "max_pool_3x3": lambda c, stride, affine, supernet=False: Pool("max", stride, bn=supernet),
-    "avg_pool_3x3": lambda c, stride, affine, supernet=False: Pool("avg", stride, bn=supernet),
-    "skip_connect": lambda c, stride, affine, supernet=False: (
-        Identity() if stride == 1 else FactorizedReduce(c, affine)),
-    "sep_conv_3x3": lambda c, stride, affine, supernet=False: SepConv(c, 3, stride, affine),
-    "sep_conv_5x5": lambda c, stride, affine, supernet=False: SepConv(c, 5, stride, affine),
-    "dil_conv_3x3": lambda c, stride, affine, supernet=False: DilConv(c, 3, stride, 2, affine),
-    "dil_conv_5x5": lambda c, stride, affine, supernet=False: DilConv(c, 5, stride, 2, affine),
+    "none": lambda c, stride, affine, supernet=False, g=1: Zero(stride),
+    "max_pool_3x3": lambda c, stride, affine, supernet=False, g=1: Pool("max", stride, supernet),
+    "avg_pool_3x3": lambda c, stride, affine, supernet=False, g=1: Pool("avg", stride, supernet),
+    "skip_connect": lambda c, stride, affine, supernet=False, g=1: (
+        Identity() if stride == 1 else FactorizedReduce(c * g, affine, g)),
+    "sep_conv_3x3": lambda c, stride, affine, supernet=False, g=1: SepConv(c * g, 3, stride,
+                                                                           affine, g),
+    "sep_conv_5x5": lambda c, stride, affine, supernet=False, g=1: SepConv(c * g, 5, stride,
+                                                                           affine, g),
+    "dil_conv_3x3": lambda c, stride, affine, supernet=False, g=1: DilConv(c * g, 3, stride, 2,
+                                                                           affine, g),
+    "dil_conv_5x5": lambda c, stride, affine, supernet=False, g=1: DilConv(c * g, 5, stride, 2,
+                                                                           affine, g),
 }
 assert tuple(OPS) == PRIMITIVES
 
+# Ops whose output is the same for every edge that reads the same input in the supernet:
+# no weights, and an affine-free BN in training mode normalises identical inputs identically
+# (its moving averages see identical batches too).
+SHARED_IN_SUPERNET = ("max_pool_3x3", "avg_pool_3x3")
 
-def make_op(name: str, channels: int, stride: int, affine: bool, supernet: bool = False):
-    """Builds primitive `name` (one of PRIMITIVES) with `channels` in and out."""
+
+def make_op(name: str, channels: int, stride: int, affine: bool, supernet: bool = False,
+            groups: int = 1):
+    """Builds primitive `name` (one of PRIMITIVES) with `channels` in and out (per group)."""
     if name not in OPS:
         raise ValueError(f"Unknown op {name!r}; known ops: {', '.join(PRIMITIVES)}.")
-    return OPS[name](channels, stride, affine, supernet)
+    return OPS[name](channels, stride, affine, supernet, groups)

@@ -1,0 +1,154 @@
+"""The DARTS primitives and the supernet: shapes, exactness of the batched edges, mixing,
+and which variable groups receive gradients."""
+import numpy as np
+import pytest
+
+import il_tf  # noqa: F401  (quiet TensorFlow import)
+import tensorflow as tf
+
+from il_tf.models import supernet as supernet_lib
+from il_tf.search_space import ops as ops_lib
+
+
+@pytest.mark.parametrize("name", ops_lib.PRIMITIVES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_op_shapes(name, stride):
+    x = tf.random.normal([2, 8, 8, 4])
+    op = ops_lib.make_op(name, 4, stride, affine=False, supernet=True)
+    y = op(x, training=True)
+    assert y.shape == (2, 8 // stride, 8 // stride, 4)
+
+
+def test_stride2_windows_match_pytorch_padding():
+    """A stride-2 3x3 max pool with PyTorch's (1, 1) padding: output (0, 0) covers rows and
+    columns -1..1, so it is the max of x[0:2, 0:2]; TF's "same" would cover 0..2."""
+    x = tf.reshape(tf.range(64, dtype=tf.float32), [1, 8, 8, 1])
+    y = ops_lib.Pool("max", 2)(x)
+    assert float(y[0, 0, 0, 0]) == float(tf.reduce_max(x[0, 0:2, 0:2, 0]))
+    avg = ops_lib.Pool("avg", 2)(x)  # average over the 4 real pixels (count_include_pad=False)
+    assert np.isclose(float(avg[0, 0, 0, 0]), float(tf.reduce_mean(x[0, 0:2, 0:2, 0])))
+
+
+def test_stride2_dilated_conv_equals_subsampled_stride1():
+    """The reduction dil_conv (subsample, then undilated conv) is the stride-1 dilated conv
+    taken at even pixels, the definition PyTorch computes."""
+    x = tf.random.normal([1, 8, 8, 3])
+    strided = ops_lib.DilConv(3, 3, 2, affine=False)
+    strided(x)
+    kernel = strided.depthwise.kernel  # (3, 3, 3, 1), applied undilated to even pixels
+    dense = tf.nn.depthwise_conv2d(tf.nn.relu(x), kernel, [1, 1, 1, 1], "SAME", dilations=[2, 2])
+    expected = tf.nn.conv2d(dense[:, ::2, ::2, :], strided.pointwise.kernel, 1, "VALID")
+    got = strided.pointwise(strided.depthwise(tf.nn.relu(x)[:, ::2, ::2, :]))
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _set_block(single, grouped, block, blocks):
+    """Copies block `block` of a grouped op's kernels into the single-edge op `single`."""
+    pairs = [(a, b) for a, b in zip(_convs(single), _convs(grouped))]
+    for one, many in pairs:
+        k = many.kernel.numpy()
+        if many.depthwise:
+            c = k.shape[2] // blocks
+            one.kernel.assign(k[:, :, block * c:(block + 1) * c, :])
+        else:
+            c = k.shape[3] // blocks
+            one.kernel.assign(k[:, :, :, block * c:(block + 1) * c])
+
+
+def _convs(layer):
+    return [l for l in layer._flatten_layers() if isinstance(l, ops_lib.Conv)]  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("stride,sources,edges", [(1, 1, 3), (2, 2, 2), (1, 2, 4)])
+def test_batched_edges_equal_separate_darts_ops(stride, sources, edges):
+    """MixedOp runs every edge of its sources at once; each edge must equal the DARTS mixture
+    of the separately applied primitives with that edge's weights."""
+    c = 4
+    layer = supernet_lib.MixedOp(c, stride, sources, edges)
+    states = [tf.random.normal([3, 8, 8, c], seed=i) for i in range(sources)]
+    weights = tf.nn.softmax(tf.random.normal([sources, edges, len(ops_lib.PRIMITIVES)], seed=9))
+    out = layer(states, weights, training=True).numpy()  # (B, H, W, S, E, C)
+    per_edge = {i: op for i, op in layer.per_edge}
+    for s in range(sources):
+        for e in range(edges):
+            expected = 0.0
+            for i, name in enumerate(ops_lib.PRIMITIVES):
+                if name == "none":
+                    continue
+                single = ops_lib.make_op(name, c, stride, affine=False, supernet=True)
+                single(states[s], training=True)  # build
+                if i in per_edge:
+                    _set_block(single, per_edge[i], s * edges + e, sources * edges)
+                expected += weights[s, e, i] * single(states[s], training=True)
+            np.testing.assert_allclose(out[:, :, :, s, e, :], expected.numpy(),
+                                       rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    net = supernet_lib.Supernet(channels=4, layers=3, seed=1)
+    supernet_lib.build(net, (8, 8, 3))
+    heads = [supernet_lib.ClassifierHead(5), supernet_lib.ClassifierHead(3)]
+    for h in heads:
+        h.build((None, net.feature_dim))
+    return net, heads
+
+
+def test_supernet_shapes_and_groups(tiny):
+    net, _ = tiny
+    y = net(tf.random.normal([2, 8, 8, 3]), training=True)
+    assert y.shape == (2, net.feature_dim) == (2, 4 * 4 * 4)
+    assert [tuple(v.shape) for v in net.architecture_variables] == [(14, 8), (14, 8)]
+    arch = {id(v) for v in net.architecture_variables}
+    assert all(id(v) not in arch for v in net.encoder_variables)
+    assert len(net.encoder_variables) + 2 == len(net.trainable_variables)
+    assert set(map(id, net.encoder_state)) >= set(map(id, net.non_trainable_variables))
+    # DARTS's initialisation: 1e-3 * N(0, 1).
+    assert 1e-4 < float(tf.math.reduce_std(net.architecture_variables[0])) < 1e-2
+
+
+def test_alphas_mix_the_ops(tiny):
+    net, _ = tiny
+    x = tf.random.normal([2, 8, 8, 3], seed=3)
+    before = net(x, training=True).numpy()
+    alphas = net.architecture_variables[0]
+    saved = alphas.numpy()
+    try:
+        alphas.assign(saved + np.eye(14, 8, k=0, dtype=np.float32) * 5.0)
+        after = net(x, training=True).numpy()
+    finally:
+        alphas.assign(saved)
+    assert np.abs(after - before).max() > 1e-3
+
+
+def test_gradient_flow_encoder_alphas_and_heads(tiny):
+    net, heads = tiny
+    x = tf.random.normal([4, 8, 8, 3], seed=4)
+    y = tf.constant([0, 1, 2, 0])
+    with tf.GradientTape() as tape:
+        logits = heads[0](net(x, training=True))
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+    variables = net.encoder_variables + net.architecture_variables + [
+        v for h in heads for v in h.trainable_variables]
+    grads = tape.gradient(loss, variables)
+    n_enc, n_arch = len(net.encoder_variables), len(net.architecture_variables)
+    enc, arch = grads[:n_enc], grads[n_enc:n_enc + n_arch]
+    head0, head1 = grads[n_enc + n_arch:n_enc + n_arch + 2], grads[n_enc + n_arch + 2:]
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in enc)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in arch)
+    assert all(g is not None for g in head0)
+    assert all(g is None for g in head1)  # a head only learns from its own learner
+
+
+def test_partial_channels_variant():
+    net = supernet_lib.Supernet(channels=4, layers=3, partial_channels=2)
+    y = net(tf.random.normal([2, 8, 8, 3]), training=True)
+    assert y.shape == (2, net.feature_dim)
+    assert [tuple(v.shape) for v in net.architecture_variables] == [(14, 8), (14, 8), (14,), (14,)]
+
+
+def test_shared_architecture_between_supernets():
+    arch = supernet_lib.Architecture(name="shared")
+    a = supernet_lib.Supernet(channels=2, layers=1, architecture=arch)
+    b = supernet_lib.Supernet(channels=2, layers=1, architecture=arch)
+    assert a.architecture_variables[0] is b.architecture_variables[0]
