@@ -1,0 +1,123 @@
+"""The retraining optimizer: DARTS's SGD (PyTorch semantics) applied under tf.distribute.
+
+DARTS retrains with `torch.optim.SGD(params, lr, momentum=0.9, weight_decay=wd)` after
+`clip_grad_norm_(params, 5)`. Three details differ from a Keras optimizer, and each is kept:
+- `weight_decay` is L2 *added to the gradient* (coupled), after clipping and before the
+  momentum buffer, for every trainable weight (BN's and the auxiliary head's included);
+  Keras's `weight_decay` is decoupled (AdamW-style) and would not reproduce DARTS.
+- the momentum buffer is `buf = mu * buf + g` and the step `lr * buf`, independent of the
+  learning rate (Keras stores `-lr`-scaled velocities; they differ when lr changes);
+- the gradient is clipped by the global norm of the *whole batch's* gradient. Under several
+  replicas that is the norm of the all-reduced gradient; Keras's `global_clipnorm` clips
+  each replica's partial gradient before its own all-reduce.
+
+So the step all-reduces once, clips, and updates every replica's copy with
+`strategy.extended.update` (the Keras optimizers' own cross-replica pattern).
+"""
+from typing import Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from il_tf.learning.optimizers import sgd_momentum_update
+
+
+def _tf_variable(variable):
+    """The tf.Variable (possibly distributed) behind a Keras variable."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+class TorchSGD(tf.Module):
+    """PyTorch's SGD with momentum and coupled L2 weight decay, for a fixed variable list.
+
+    Create it inside `strategy.scope()` so the momentum buffers are mirrored like the
+    weights. Checkpoint it as a whole (`tf.train.Checkpoint(optimizer=sgd)`): learning rate,
+    step counter and every momentum buffer are variables.
+
+    Args:
+      variables: the trainable variables it updates, in the order gradients are passed.
+      learning_rate: initial learning rate; the loop assigns `learning_rate` every epoch.
+      momentum: torch's `momentum` (DARTS: 0.9).
+      weight_decay: torch's `weight_decay`: `wd * w` is added to each (clipped) gradient.
+      name: module name.
+    """
+
+    def __init__(self, variables: Sequence, learning_rate: float, momentum: float = 0.9,
+                 weight_decay: float = 0.0, name: str = "torch_sgd"):
+        super().__init__(name=name)
+        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
+        self._variables = [_tf_variable(v) for v in variables]
+        self.learning_rate = tf.Variable(float(learning_rate), trainable=False,
+                                         dtype=tf.float32, name="learning_rate")
+        self.iterations = tf.Variable(0, trainable=False, dtype=tf.int64, name="iterations")
+        strategy = tf.distribute.get_strategy()
+        self.buffers = []
+        for i, var in enumerate(self._variables):
+            with strategy.extended.colocate_vars_with(var):
+                self.buffers.append(tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False,
+                                                name=f"momentum_{i}"))
+
+    def apply(self, gradients: Sequence[tf.Tensor], apply: Optional[tf.Tensor] = None):
+        """Updates every variable from its gradient, in a replica context.
+
+        Args:
+          gradients: one per variable, *identical on every replica* (already all-reduced
+            and clipped).
+          apply: optional scalar bool, the same on every replica; False skips the update
+            (a non-finite gradient): weights, buffers and the step counter stay unchanged.
+        """
+        if apply is None:
+            apply = tf.constant(True)
+        ctx = tf.distribute.get_replica_context()
+        ctx.merge_call(self._apply_cross_replica, args=(list(gradients), apply))
+
+    def _apply_cross_replica(self, strategy, gradients, apply):
+        for i, (var, grad) in enumerate(zip(self._variables, gradients)):
+            strategy.extended.update(var, self._update_one, args=(grad, apply, i), group=False)
+        strategy.extended.update(
+            self.iterations, lambda it, ok: it.assign_add(tf.cast(ok, tf.int64)),
+            args=(apply,), group=False)
+
+    def _update_one(self, var, grad, apply, index):
+        def step():
+            g = tf.cast(grad, var.dtype)
+            if self.weight_decay:
+                g = g + self.weight_decay * var
+            sgd_momentum_update(var, self.buffers[index], g,
+                                tf.cast(self.learning_rate, var.dtype), self.momentum)
+            return tf.constant(True)
+
+        return tf.cond(apply, step, lambda: tf.constant(False))
+
+
+class DynamicLossScale(tf.Module):
+    """Dynamic loss scaling for `mixed_float16` (as Keras's LossScaleOptimizer does it).
+
+    The loss is multiplied by `scale` before the backward pass and the gradients divided by
+    it; a step with non-finite gradients is skipped and halves the scale, `growth_steps`
+    finite steps in a row double it.
+    """
+
+    def __init__(self, initial_scale: float = 2.0 ** 15, growth_steps: int = 2000,
+                 name: str = "loss_scale"):
+        super().__init__(name=name)
+        self.growth_steps = int(growth_steps)
+        self.scale = tf.Variable(float(initial_scale), trainable=False, dtype=tf.float32,
+                                 name="scale")
+        with tf.distribute.get_strategy().extended.colocate_vars_with(self.scale):
+            self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64,
+                                          name="good_steps")
+
+    def update(self, finite: tf.Tensor):
+        """Adjusts the scale after a step (replica context; `finite` equal on replicas)."""
+        tf.distribute.get_replica_context().merge_call(self._update, args=(finite,))
+
+    def _update(self, strategy, finite):
+        def grow_or_shrink(scale, ok):
+            good = tf.where(ok, self.good_steps + 1, 0)
+            grow = good >= self.growth_steps
+            self.good_steps.assign(tf.where(grow, tf.zeros_like(good), good))
+            new = tf.where(ok, tf.where(grow, scale * 2.0, scale), scale / 2.0)
+            return scale.assign(new)
+
+        strategy.extended.update(self.scale, grow_or_shrink, args=(finite,), group=False)
