@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _common.run(main, extra_errors=(search.SearchDivergedError, search.CheckpointError))
+    _common.run(main)

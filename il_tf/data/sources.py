@@ -164,6 +164,8 @@ class TfdsSource:
             raise DatasetUnavailableError(
                 self.name, where, copy_hint, cause=f"preparing failed: {_first_line(error)}"
             ) from error
+        # A builder made before its data existed keeps empty split metadata: reload it.
+        self.builder = tfds.builder(self.name, data_dir=self._data_dir)
 
     def read(self, split: str, *, shuffle_files: bool = False, seed: int = 0,
              decode: bool = True) -> tf.data.Dataset:

@@ -22,14 +22,12 @@ from il_tf.data import tasks as tasks_lib
 from il_tf.learning import interleaving
 from il_tf.models import supernet as supernet_lib
 from il_tf.search_space import genotypes
+from il_tf.training.errors import CheckpointError
+from il_tf.training.errors import TrainingDivergedError
 
 
-class SearchDivergedError(RuntimeError):
-    """A non-finite loss; the message names learner, stage and iteration on one line."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be restored; the message names it and the fix."""
+class SearchDivergedError(TrainingDivergedError):
+    """A non-finite search loss; the one-line message names learner, stage and iteration."""
 
 
 def _default_tasks():
@@ -132,6 +130,17 @@ def search(model_dir: str,
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb"))
     metrics_path = os.path.join(model_dir, "metrics.jsonl")
     record = {}
+    if start and os.path.exists(metrics_path):  # Forget epochs after the restored checkpoint.
+        with open(metrics_path) as f:
+            kept = [l for l in f if l.strip() and json.loads(l)["iteration"] <= start]
+        with open(metrics_path, "w") as f:
+            f.writelines(kept)
+    if start == 0:  # Epoch 0: the learners' validation losses before any search step.
+        val = [_evaluate(opt, k, t, eval_batch_size, max_eval_batches) for k, t in enumerate(tasks)]
+        with open(metrics_path, "w") as f:
+            f.write(json.dumps({"epoch": 0, "iteration": 0, "learners": [t.name for t in tasks],
+                                "val_loss": [v[0] for v in val],
+                                "val_acc": [v[1] for v in val]}) + "\n")
     wrote_config = False
     for epoch in range(start // steps_per_epoch, epochs):
         first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0

@@ -295,8 +295,8 @@ class Pool(Composite):
         if self.stride == 1:  # "SAME" at stride 1 is PyTorch's symmetric pad of 1.
             pool = tf.nn.max_pool2d if self.kind == "max" else tf.nn.avg_pool2d
             y = pool(x, 3, 1, "SAME")
-        elif self.kind == "max":
-            y = tf.nn.max_pool2d(x, 3, 2, _pads(1))
+        elif self.kind == "max":  # Pad with the lowest value, then pool (XLA-compilable).
+            y = tf.nn.max_pool2d(tf.pad(x, _pads(1), constant_values=x.dtype.min), 3, 2, "VALID")
         else:
             # Zero-padded sum over the window divided by the number of real pixels in it
             # (count_include_pad=False); the count map is a constant of the static shape.

@@ -1,0 +1,127 @@
+"""End-to-end interleaving search on the shipped digits: outputs, learning, NaN, resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import numpy as np
+import pytest
+
+import il_tf
+from il_tf.learning import search as search_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(batch_size=16, channels=2, layers=3, max_steps_per_epoch=4, eval_batch_size=512,
+            verbose=0, draw_cells=True)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tfds"))
+    gin.clear_config()
+    gin.bind_parameter("il_tf.data.tfds_config.data_dir", path)
+    # A larger alphas lr than the paper's 3e-5 so that 8 iterations visibly move them.
+    gin.bind_parameter("il_tf.learning.InterleavingOptimizer.arch_lr", 3e-3)
+    yield path
+    gin.clear_config()
+
+
+@pytest.fixture(scope="module")
+def run(data_dir, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("search"))
+    # Inference-mode validation (PAPER.md's model selection) needs the BN moving averages to
+    # settle: 3 epochs of 8 iterations.
+    record = search_lib.search(model_dir, epochs=3, **{**TINY, "max_steps_per_epoch": 8})
+    return model_dir, record
+
+
+def _records(model_dir):
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def test_writes_every_output(run):
+    model_dir, _ = run
+    for name in ("config.gin", "genotype.json", "genotype_best.json", "metrics.jsonl",
+                 "cells/normal.png", "cells/reduce.svg", "checkpoints/checkpoint"):
+        assert os.path.getsize(os.path.join(model_dir, name)) > 0, name
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(model_dir, "tb")))
+    assert "InterleavingOptimizer.proximity" in open(os.path.join(model_dir, "config.gin")).read()
+    assert [r["epoch"] for r in _records(model_dir)] == [0, 1, 2, 3]
+
+
+def test_search_lowers_every_learners_val_loss_and_moves_alphas(run):
+    model_dir, record = run
+    first = _records(model_dir)[0]
+    assert all(after < before for after, before in zip(record["val_loss"], first["val_loss"]))
+    assert record["alpha_entropy_normal"] < np.log(8) - 1e-4
+    assert record["alpha_entropy_reduce"] < np.log(8) - 1e-4
+
+
+def test_genotype_is_accepted_by_get_genotype_and_the_network(run):
+    model_dir, _ = run
+    genotype = il_tf.get_genotype(os.path.join(model_dir, "genotype.json"))
+    assert genotype == il_tf.get_genotype(model_dir)
+    net = il_tf.NetworkCIFAR(genotype, channels=4, layers=3, num_classes=5, auxiliary=False)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    assert net(tf.zeros([1, 8, 8, 3]), training=False).shape == (1, 5)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    model_dir = str(tmp_path)
+    with pytest.raises(search_lib.SearchDivergedError) as error:
+        search_lib.search(model_dir, epochs=2, fail_on_step=5, **TINY)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "learner 2" in message and "weight stage" in message and "iteration 5" in message
+    assert "ckpt-4" in message
+    kept = il_tf.get_genotype(os.path.join(model_dir, "genotype.json"))
+    assert kept is not None
+    assert [r["epoch"] for r in _records(model_dir)] == [0, 1]
+
+
+def _tool(model_dir, data_dir, epochs):
+    bindings = [f"il_tf.data.tfds_config.data_dir = '{data_dir}'",
+                f"il_tf.search.epochs = {epochs}", "il_tf.search.verbose = 0",
+                "il_tf.search.channels = 2", "il_tf.search.batch_size = 16",
+                "il_tf.search.max_steps_per_epoch = 4", "il_tf.search.draw_cells = False"]
+    return [sys.executable, os.path.join(REPO, "tools", "search.py"), f"--model_dir={model_dir}"
+            ] + [f"--gin_bindings={b}" for b in bindings]
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_where_it_stopped(data_dir, tmp_path):
+    model_dir = str(tmp_path / "run")
+    cmd = _tool(model_dir, data_dir, epochs=3)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    metrics = os.path.join(model_dir, "metrics.jsonl")
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and len(_records(model_dir)) >= 2:  # epoch 1 is done
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = [r["epoch"] for r in _records(model_dir)]
+    assert done[-1] < 3
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = _records(model_dir)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert records[-1]["iteration"] == 12
+    # The restarted process did not start over: it printed only the epochs it ran.
+    assert "epoch 1/3" not in out.stdout or done[-1] < 1
+
+
+def test_unknown_gin_binding_fails_before_any_work(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "search.py"),
+                          f"--model_dir={tmp_path}/x", "--gin_bindings=il_tf.search.bogus = 1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "bogus" in out.stderr
+    assert not os.path.exists(f"{tmp_path}/x")
