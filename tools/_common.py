@@ -96,6 +96,12 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+def _quiet_libraries(record) -> bool:
+    """Keeps il_tf's own INFO lines and drops tfds's (one per split read) and TF's."""
+    return record.levelno >= 30 or (  # 30: the standard library's WARNING
+        "tensorflow_datasets" not in record.pathname and "/tensorflow/" not in record.pathname)
+
+
 def run(main: Callable[[Sequence[str]], None],
         extra_errors: Sequence[Type[BaseException]] = ()) -> None:
     """`app.run(main)`, turning user-facing errors into one line on stderr and exit status 1.
@@ -108,6 +114,7 @@ def run(main: Callable[[Sequence[str]], None],
 
     def wrapped(argv):
         logging.set_verbosity(logging.INFO)
+        logging.get_absl_handler().addFilter(_quiet_libraries)
         try:
             main(argv)
         except errors as error:  # pylint: disable=catching-non-exception
