@@ -198,7 +198,8 @@ class InterleavingOptimizer(tf.Module):
             gw, gh = inner.gradient(train_loss, [w, h])
             w1 = w - xi * (self.momentum * learner.encoder_momentum + gw + rw)
             h1 = h - xi * (self.momentum * learner.head_momentum + gh + rh)
-            val_loss = self.fn.training_loss(w1, h1, alphas, x_val, y_val, scale)
+            val_loss = self.fn.training_loss(w1, h1, alphas, x_val, y_val,
+                                             self._loss_scale(y_val))
         return outer.gradient(val_loss, alphas,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO), val_loss
 
