@@ -32,6 +32,7 @@ flags.DEFINE_integer("order", 2, "1 = first order, 2 = second order.")
 flags.DEFINE_string("hessian", "joint", "joint, split or exact.")
 flags.DEFINE_integer("learners", 1, "K learners (10 classes each).")
 flags.DEFINE_integer("image_size", 32, "Image height and width.")
+flags.DEFINE_bool("sequential_passes", True, "Run the passes strictly one at a time.")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after the first.")
 flags.DEFINE_integer("iters", 5, "Timed iterations.")
 FLAGS = flags.FLAGS
@@ -45,7 +46,7 @@ def main(argv):
     supernet_lib.build(net, shape)
     opt = interleaving.InterleavingOptimizer(
         net, [10] * FLAGS.learners, strategy, steps_per_epoch=1000, epochs=50,
-        order=FLAGS.order, hessian=FLAGS.hessian)
+        order=FLAGS.order, hessian=FLAGS.hessian, sequential_passes=FLAGS.sequential_passes)
     rng = np.random.default_rng(0)
 
     def batch():
@@ -71,6 +72,7 @@ def main(argv):
     print(json.dumps({
         "channels": FLAGS.channels, "layers": FLAGS.layers, "batch": FLAGS.batch,
         "order": FLAGS.order, "hessian": FLAGS.hessian, "learners": FLAGS.learners,
+        "sequential_passes": FLAGS.sequential_passes,
         "seconds_per_iter": round(sec, 4), "seconds_per_iter_all": [round(t, 4) for t in times],
         "images_per_sec": round(2 * FLAGS.batch * FLAGS.learners / sec, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -71,6 +71,8 @@ class InterleavingOptimizer(tf.Module):
       steps_per_stage: SGD steps each learner takes per stage (the IL code: 1).
       arch_lr, arch_beta_1, arch_beta_2, arch_weight_decay: Adam on A (PyTorch's, L2 added to
         the gradient).
+      sequential_passes: run the forward/backward passes strictly one at a time (lower peak
+        memory; False lets independent passes overlap).
     """
 
     def __init__(self, supernet: supernet_lib.Supernet, num_classes: Sequence[int], strategy,
@@ -79,8 +81,10 @@ class InterleavingOptimizer(tf.Module):
                  weight_decay: float = 3e-4, proximity: float = 1.5e-4, grad_clip: float = 5.0,
                  regularizer_in_clip: bool = True, steps_per_stage: int = 1,
                  arch_lr: float = 3e-5, arch_beta_1: float = 0.5, arch_beta_2: float = 0.999,
-                 arch_weight_decay: float = 1e-4):
+                 arch_weight_decay: float = 1e-4, sequential_passes: bool = True):
         super().__init__(name="interleaving")
+        self.sequential_passes = sequential_passes
+        self._previous_pass = []
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}.")
         if hessian not in HESSIAN_MODES:
@@ -145,10 +149,19 @@ class InterleavingOptimizer(tf.Module):
         return [tf.convert_to_tensor(a) for a in self.alphas]
 
     def _grads(self, w, h, stats, x, y):
-        """One traced pass: (loss, correct, dw, dh, dA list, new BN stats), all tensors in."""
+        """One traced pass: (loss, correct, dw, dh, dA list, new BN stats), all tensors in.
+
+        Passes run one after another (each waits for the previous one's loss): independent
+        passes (the two finite differences, different learners) would otherwise run at the
+        same time and hold their activations together, for little speed on a few cores.
+        """
         t = tf.convert_to_tensor
-        return self.fn.gradients(t(w), t(h), t(stats), self._alpha_values(), x, y,
-                                 self._loss_scale(y))
+        with tf.control_dependencies(self._previous_pass):
+            x = tf.identity(x)
+        out = self.fn.gradients(t(w), t(h), t(stats), self._alpha_values(), x, y,
+                                self._loss_scale(y))
+        self._previous_pass = [out[0]] if self.sequential_passes else []
+        return out
 
     # ---------------------------------------------------------------- eq. 4
     def learner_hypergradient(self, learner: Learner, train_batch, val_batch):
@@ -259,6 +272,7 @@ class InterleavingOptimizer(tf.Module):
         Returns:
           dict of per-learner tensors: search val loss, train loss, train correct, count.
         """
+        self._previous_pass = []  # a new trace: no pass to wait for yet
         val_losses = self.architecture_step([(tr[0], val) for tr, val in batches])
         out = {"search_val_loss": [], "train_loss": [], "train_correct": [], "train_count": []}
         for k, learner in enumerate(self.learners):

@@ -22,8 +22,8 @@ from il_tf.data import tasks as tasks_lib
 from il_tf.learning import interleaving
 from il_tf.models import supernet as supernet_lib
 from il_tf.search_space import genotypes
-from il_tf.training.errors import CheckpointError
-from il_tf.training.errors import TrainingDivergedError
+from il_tf.errors import CheckpointError
+from il_tf.errors import TrainingDivergedError
 
 
 class SearchDivergedError(TrainingDivergedError):
