@@ -297,3 +297,5 @@ def test_serving_module_leaves_out_the_auxiliary_head():
     outputs = module.serve_images(tf.zeros([2, 32, 32, 3], tf.uint8))
     assert set(outputs) == {"probabilities", "classes", "scores"}  # No names given.
     assert outputs["classes"].shape == (2, 10)
+    empty = module.serve_images(tf.zeros([0, 32, 32, 3], tf.uint8))
+    assert empty["probabilities"].shape == (0, 10) and empty["classes"].shape == (0, 10)

@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from il_tf import data
+from il_tf.errors import OneLineError
 from il_tf.export import serving
 from il_tf.models import network as network_lib
 from il_tf.search_space.genotypes import Genotype, get_genotype
@@ -36,8 +37,8 @@ METADATA_FILE = "il_tf_metadata.json"
 METADATA_FORMAT_VERSION = 1
 
 
-class ExportError(ValueError):
-    """An export that cannot be written (e.g. the requested version exists); one line."""
+class ExportError(OneLineError, ValueError):
+    """An export that cannot be written (e.g. the requested version exists)."""
 
 
 @dataclasses.dataclass

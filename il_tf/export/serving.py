@@ -122,7 +122,11 @@ class ServingModule(tf.Module):
         return self._class_names is not None
 
     def _outputs(self, inputs: tf.Tensor) -> Dict[str, tf.Tensor]:
-        logits = tf.cast(self._logits(inputs), tf.float32)
+        # An empty batch answers with empty outputs (the network's grouped convolutions
+        # reject a batch of 0).
+        logits = tf.cond(tf.shape(inputs)[0] > 0,
+                         lambda: tf.cast(self._logits(inputs), tf.float32),
+                         lambda: tf.zeros([0, self.num_classes], tf.float32))
         probabilities = tf.nn.softmax(logits, axis=-1)
         scores, classes = tf.math.top_k(probabilities, k=self.top_k)
         outputs = {"probabilities": probabilities, "classes": classes, "scores": scores}
