@@ -4,8 +4,8 @@ Run as a script (the two logical CPU devices must exist before TensorFlow initia
 Builds the same tiny supernet and K=2 optimiser (second order, joint Hessian term) under the
 default strategy and under a MirroredStrategy over two logical CPUs, runs 2 iterations of
 each on the same global batches, each iteration from the 1-replica state copied into the
-2-replica one, and prints one JSON line: the largest relative error of every state group over the iterations
-(each started from the same state) and its tolerance.
+2-replica one, and prints one JSON line: the largest relative error of every state group
+over the iterations and its tolerance.
 
 Data: the global batch is two halves (one per replica) with the same images and different
 labels. BatchNorm normalises with per-replica batch statistics (as PyTorch's DataParallel:
