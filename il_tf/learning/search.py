@@ -22,7 +22,7 @@ from il_tf.data import tasks as tasks_lib
 from il_tf.learning import interleaving
 from il_tf.models import supernet as supernet_lib
 from il_tf.search_space import genotypes
-from il_tf.errors import CheckpointError
+from il_tf.training import checkpoints
 from il_tf.errors import TrainingDivergedError
 
 
@@ -203,17 +203,9 @@ def search(model_dir: str,
 
 
 def _restore(checkpoint, manager):
-    latest = manager.latest_checkpoint
-    if not latest:
-        return
-    try:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-    except Exception as error:  # pylint: disable=broad-except
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"cannot restore checkpoint {latest} ({first[:200]}); it is corrupt or from a "
-            f"different configuration: use a new --model_dir, or delete that checkpoint to "
-            f"fall back to an earlier one.") from error
+    """Restores the latest checkpoint, or raises a one-line CheckpointError naming it."""
+    if manager.latest_checkpoint:
+        checkpoints.read(checkpoint, manager.latest_checkpoint)
 
 
 def _check_finite(out, tasks, iteration, epoch, manager):

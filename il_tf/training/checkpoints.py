@@ -82,7 +82,8 @@ def read(checkpoint: tf.train.Checkpoint, path: str, *, partial: bool = False) -
         status = checkpoint.read(path)
         variables = getattr(checkpoint, "model_variables", None)
         saved = _saved_list_length(path, "model_variables") if variables is not None else 0
-    except (tf.errors.OpError, ValueError, KeyError, TypeError) as error:
+    except (tf.errors.OpError, ValueError, KeyError, TypeError, IndexError) as error:
+        # IndexError: a truncated data file ("Read less bytes than requested").
         if isinstance(error, ValueError) and "shape" in str(error).lower():
             raise CheckpointError(f"checkpoint {path} does not fit this model "
                                   f"({_first_line(error)}); {mismatch}") from None
