@@ -25,15 +25,6 @@ from il_tf.data import tasks
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """A tfds data_dir with sklearn_digits built from scratch (no network)."""
-    path = str(tmp_path_factory.mktemp("tfds"))
-    tfds.display_progress_bar(False)
-    tasks.digits_task(data_dir=path).prepare()
-    return path
-
-
 @pytest.fixture(autouse=True)
 def clear_gin():
     yield

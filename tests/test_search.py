@@ -19,18 +19,17 @@ TINY = dict(batch_size=16, channels=2, layers=3, max_steps_per_epoch=4, eval_bat
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tfds"))
+def search_config(data_dir):
     gin.clear_config()
-    gin.bind_parameter("il_tf.data.tfds_config.data_dir", path)
+    gin.bind_parameter("il_tf.data.tfds_config.data_dir", data_dir)
     # A larger alphas lr than the paper's 3e-5 so that 8 iterations visibly move them.
     gin.bind_parameter("il_tf.learning.InterleavingOptimizer.arch_lr", 3e-3)
-    yield path
+    yield data_dir
     gin.clear_config()
 
 
 @pytest.fixture(scope="module")
-def run(data_dir, tmp_path_factory):
+def run(search_config, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("search"))
     # Inference-mode validation (PAPER.md's model selection) needs the BN moving averages to
     # settle: 3 epochs of 8 iterations.
@@ -70,7 +69,7 @@ def test_genotype_is_accepted_by_get_genotype_and_the_network(run):
     assert net(tf.zeros([1, 8, 8, 3]), training=False).shape == (1, 5)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(search_config, tmp_path):
     model_dir = str(tmp_path)
     with pytest.raises(search_lib.SearchDivergedError) as error:
         search_lib.search(model_dir, epochs=2, fail_on_step=5, **TINY)

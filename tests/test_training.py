@@ -5,7 +5,6 @@ the shipped digits built into a temp data_dir. Runs that need op determinism fro
 a real process restart or two logical CPUs run as subprocesses, started together so they
 overlap with the in-process tests.
 """
-import json
 import os
 import shutil
 import subprocess
@@ -21,20 +20,10 @@ import tensorflow_datasets as tfds
 
 from il_tf import config
 from il_tf import training
-from il_tf.data import tasks
 from il_tf.models import network as network_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["il_tf.training.network.channels = 8", "il_tf.training.network.layers = 3"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """A tfds data_dir with the shipped digits built from scratch (no network)."""
-    path = str(tmp_path_factory.mktemp("tfds"))
-    tfds.display_progress_bar(False)
-    tasks.digits_task(data_dir=path).prepare()
-    return path
 
 
 @pytest.fixture(autouse=True)

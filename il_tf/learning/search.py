@@ -6,10 +6,9 @@ validation loss (PAPER.md's model selection), metrics.jsonl and the final cells'
 A killed run restarted with the same command continues from its last checkpoint.
 """
 import json
-import math
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import gin
 import keras

@@ -16,7 +16,7 @@ auxiliary head included, before it has seen an image.
 sets it every epoch (`model.drop_path_prob = p`) and a traced step sees the new value
 without a retrace.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Union
 
 import keras
 import numpy as np

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import tempfile
-import time
 from typing import Dict, Optional, Union
 
 from absl import logging
