@@ -145,6 +145,8 @@ def search(model_dir: str,
         first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
         bar = keras.utils.Progbar(steps_per_epoch, verbose=verbose,
                                   stateful_metrics=["img/s"] + [f"loss_{k}" for k in range(len(tasks))])
+        if verbose:
+            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
         sums = np.zeros((3, len(tasks)))  # train loss, correct, count
         t0, images = time.time(), 0
         for step in range(first, steps_per_epoch):
