@@ -43,6 +43,12 @@ def parse(gin_files: Optional[Sequence[str]] = (), gin_bindings: Optional[Sequen
     `ConfigError` naming it, before any work starts."""
     for module in imports:
         __import__(module)
+    # `include 'cifar10.gin'` resolves from any working directory. Searched before gin's ''
+    # (the working directory), which logs an error line for every miss.
+    prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
+    for directory in reversed(GIN_CONFIG_DIRS):
+        if directory.is_dir() and str(directory) not in prefixes:
+            prefixes.insert(0, str(directory))
     files = [find_gin_file(f) for f in (gin_files or [])]
     try:
         gin.parse_config_files_and_bindings(files, list(gin_bindings or []),
