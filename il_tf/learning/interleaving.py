@@ -10,10 +10,14 @@ iteration is
      `steps_per_stage` SGD steps on its loss + the regulariser, passes it to learner 2, ...,
      learner K's encoder goes back to learner 1 next iteration (round).
 With K = 1 there is never an anchor and the iteration is second-order DARTS.
+`learning_strategy` swaps step 2 for a baseline with the same budget (blocked, multitask,
+single; see `strategies.py`); `chained` lets eq. 4's gradient flow through the anchor.
 
 All state is flat float32 vectors (see `functional.py`); every update below runs inside
 `strategy.run`, with gradients all-reduced so that every replica holds identical state.
 """
+import functools
+import threading
 from typing import List, Sequence
 
 import gin
@@ -21,6 +25,7 @@ import tensorflow as tf
 
 from il_tf.learning import functional
 from il_tf.learning import optimizers
+from il_tf.learning import strategies
 from il_tf.models import supernet as supernet_lib
 
 HESSIAN_MODES = ("joint", "split", "exact")
@@ -73,6 +78,13 @@ class InterleavingOptimizer(tf.Module):
         the gradient).
       sequential_passes: run the forward/backward passes strictly one at a time (lower peak
         memory; False lets independent passes overlap).
+      learning_strategy: "interleaved" (the paper), or a baseline with the same learners,
+        data and budget: "blocked", "multitask", "single" (`strategies.py`).
+      chained: second order with hessian="exact" only: learner k's virtual step also
+        differentiates its anchor, taken as learner k-1's one-step update from W_{k-1} on
+        its training batch (value: the real anchor; derivative in A: that of the step), where
+        the paper's note treats the anchor as a constant. One extra double-backprop pass per
+        anchored learner. Interleaved only.
     """
 
     def __init__(self, supernet: supernet_lib.Supernet, num_classes: Sequence[int], strategy,
@@ -81,10 +93,12 @@ class InterleavingOptimizer(tf.Module):
                  weight_decay: float = 3e-4, proximity: float = 1.5e-4, grad_clip: float = 5.0,
                  regularizer_in_clip: bool = True, steps_per_stage: int = 1,
                  arch_lr: float = 3e-5, arch_beta_1: float = 0.5, arch_beta_2: float = 0.999,
-                 arch_weight_decay: float = 1e-4, sequential_passes: bool = True):
+                 arch_weight_decay: float = 1e-4, sequential_passes: bool = True,
+                 learning_strategy: str = "interleaved", chained: bool = False):
         super().__init__(name="interleaving")
         self.sequential_passes = sequential_passes
-        self._previous_pass = []
+        # Per thread: MirroredStrategy traces each replica's function in its own thread.
+        self._passes = threading.local()
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}.")
         if hessian not in HESSIAN_MODES:
@@ -92,6 +106,13 @@ class InterleavingOptimizer(tf.Module):
         if hessian == "exact" and strategy.num_replicas_in_sync > 1:
             raise ValueError("hessian='exact' runs on one replica; use 'joint' or 'split' "
                              "under a multi-replica strategy.")
+        self.learning_strategy = strategies.check(learning_strategy)
+        if chained and (order != 2 or hessian != "exact"):
+            raise ValueError("chained=True needs order=2 and hessian='exact' (it differentiates "
+                             "through the anchor with nested tapes).")
+        if chained and learning_strategy != "interleaved":
+            raise ValueError("chained=True is defined for learning_strategy='interleaved' only.")
+        self.chained = chained
         self.strategy = strategy
         self.fn = functional.SupernetFunctions(supernet)
         self.order, self.hessian = order, hessian
@@ -120,6 +141,16 @@ class InterleavingOptimizer(tf.Module):
     @property
     def num_learners(self) -> int:
         return len(self.learners)
+
+    @property
+    def total_iterations(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def train_batches_per_learner(self) -> int:
+        """Distinct training batches per learner per iteration the strategy can use."""
+        return strategies.train_batches_per_learner(self.learning_strategy, self.num_learners,
+                                                    self.steps_per_stage)
 
     def learning_rate(self):
         """xi and the real steps' lr: cosine annealing per epoch (DARTS's scheduler)."""
@@ -156,16 +187,19 @@ class InterleavingOptimizer(tf.Module):
         same time and hold their activations together, for little speed on a few cores.
         """
         t = tf.convert_to_tensor
-        with tf.control_dependencies(self._previous_pass):
+        previous = getattr(self._passes, "last", [])  # this replica's (thread's) last pass
+        with tf.control_dependencies(previous):
             x = tf.identity(x)
         out = self.fn.gradients(t(w), t(h), t(stats), self._alpha_values(), x, y,
                                 self._loss_scale(y))
-        self._previous_pass = [out[0]] if self.sequential_passes else []
+        self._passes.last = [out[0]] if self.sequential_passes else []
         return out
 
     # ---------------------------------------------------------------- eq. 4
-    def learner_hypergradient(self, learner: Learner, train_batch, val_batch):
-        """Learner k's architecture gradient g_k (eq. 4); returns (g_k list, val loss)."""
+    def learner_hypergradient(self, learner: Learner, train_batch, val_batch, previous=None):
+        """Learner k's architecture gradient g_k (eq. 4); returns (g_k list, val loss).
+
+        `previous`: (learner k-1, its training batch) when `chained` (see the class)."""
         (x_tr, y_tr), (x_val, y_val) = train_batch, val_batch
         w, h, stats = learner.encoder.read_value(), learner.head.read_value(), learner.stats
         if self.order == 1:  # First order: xi = 0, the validation gradient at W_k itself.
@@ -176,7 +210,8 @@ class InterleavingOptimizer(tf.Module):
         xi = self.learning_rate()
         rw, rh = self._regularizer_grads(learner, w, h)
         if self.hessian == "exact":
-            return self._exact_hypergradient(learner, w, h, rw, rh, xi, train_batch, val_batch)
+            return self._exact_hypergradient(learner, w, h, rw, rh, xi, train_batch, val_batch,
+                                             previous if self.chained else None)
         # The virtual step theta' = theta - xi * (mu * buf + grad(L_train + r)).
         _, _, gw, gh, _, _ = self._grads(w, h, stats, x_tr, y_tr)
         gw, gh = self._all_reduce(gw, gh)
@@ -198,13 +233,30 @@ class InterleavingOptimizer(tf.Module):
             hv = [acc + d / (2.0 * eps) for acc, d in zip(hv, diff)]
         return [g - xi * v for g, v in zip(ga, hv)], loss
 
-    def _exact_hypergradient(self, learner, w, h, rw, rh, xi, train_batch, val_batch):
-        """The same g_k by double backprop through the virtual step (nested tapes)."""
+    def _exact_hypergradient(self, learner, w, h, rw, rh, xi, train_batch, val_batch,
+                             previous=None):
+        """The same g_k by double backprop through the virtual step (nested tapes).
+
+        With `previous` = (learner k-1, its batch), the chained gradient: the anchor becomes
+        anchor + s(A) - stop_gradient(s(A)), s(A) = -xi grad_W L_{k-1}(W_{k-1}, H_{k-1}, A),
+        the A-dependent part of learner k-1's one-step update (the same lr as the real step),
+        so the value is unchanged and d anchor / dA = -xi d/dA grad_W L_{k-1}.
+        """
         (x_tr, y_tr), (x_val, y_val) = train_batch, val_batch
         alphas = self._alpha_values()
         scale = self._loss_scale(y_tr)
         with tf.GradientTape() as outer:
             outer.watch(alphas)
+            if previous is not None:
+                prev, (x_p, y_p) = previous
+                w_p = prev.encoder.read_value()
+                with tf.GradientTape() as prev_tape:
+                    prev_tape.watch(w_p)
+                    prev_loss = self.fn.training_loss(w_p, prev.head.read_value(), alphas,
+                                                      x_p, y_p, self._loss_scale(y_p))
+                step = -xi * prev_tape.gradient(prev_loss, w_p)
+                shift = step - tf.stop_gradient(step)  # zero, with the step's derivative
+                rw = rw - learner.has_anchor * 2.0 * self.proximity * shift
             with tf.GradientTape() as inner:
                 inner.watch([w, h])
                 train_loss = self.fn.training_loss(w, h, alphas, x_tr, y_tr, scale)
@@ -217,50 +269,93 @@ class InterleavingOptimizer(tf.Module):
                               unconnected_gradients=tf.UnconnectedGradients.ZERO), val_loss
 
     def architecture_step(self, batches):
-        """Eq. 4 summed over learners, then one Adam step on A (eq. 1's upper level)."""
+        """Eq. 4 summed over learners, then one Adam step on A (eq. 1's upper level).
+
+        Strategy "single" sums learner 1's alone (the others' val losses are reported 0)."""
         total, losses = None, []
-        for learner, (train_batch, val_batch) in zip(self.learners, batches):
-            g, loss = self.learner_hypergradient(learner, train_batch, val_batch)
+        used = strategies.hypergradient_learners(self.learning_strategy, self.num_learners)
+        for k, (learner, (train_batch, val_batch)) in enumerate(zip(self.learners, batches)):
+            if k not in used:
+                losses.append(tf.constant(0.0))
+                continue
+            previous = None
+            if self.chained and self.num_learners > 1:  # learner k's anchor came from k-1
+                previous = (self.learners[k - 1], batches[k - 1][0])
+            g, loss = self.learner_hypergradient(learner, train_batch, val_batch, previous)
             total = g if total is None else [t + gi for t, gi in zip(total, g)]
             losses.append(loss)
         self.arch_optimizer.apply(total, self.alphas)
         return losses
 
     # ---------------------------------------------------------------- eqs. 2-3
-    def weight_stage(self, learner: Learner, train_batches):
+    def weight_stage(self, learner, train_batches, handover=None):
         """Learner k receives the current encoder and trains it (eq. 2 at the first stage,
-        eq. 3 after), then keeps W_k and passes the encoder on. Returns (loss, correct, n)."""
-        received = self.stages_done > 0
-        if self.num_learners > 1:  # The hand-over: anchor = the encoder received.
-            learner.anchor.assign(tf.where(received, self.encoder, learner.anchor))
-            learner.has_anchor.assign(tf.where(received, 1.0, learner.has_anchor))
+        eq. 3 after), then keeps W_k and passes the encoder on. Returns (loss, correct, n).
+
+        Generalised for the baselines (`strategies.py`): `learner` may be a list of learners
+        (multitask: each step's loss is the sum of theirs at the one encoder, `train_batches`
+        then one list per learner, and the results are per-learner lists); `handover` (a
+        bool tensor) overrides the interleaved rule "every stage but the run's first"."""
+        group = list(learner) if isinstance(learner, (list, tuple)) else [learner]
+        batches = list(train_batches) if len(group) > 1 else [train_batches]
+        received = self.stages_done > 0 if handover is None else handover
+        if self.num_learners > 1 and len(group) == 1:  # Hand-over: anchor = encoder received.
+            group[0].anchor.assign(tf.where(received, self.encoder, group[0].anchor))
+            group[0].has_anchor.assign(tf.where(received, 1.0, group[0].has_anchor))
         lr = self.learning_rate()
-        loss_sum = correct_sum = count = 0.0
-        for x, y in train_batches:
-            w, h = self.encoder.read_value(), learner.head.read_value()
-            loss, correct, gw, gh, _, new_stats = self._grads(w, h, self.stats, x, y)
-            (new_stats,) = self._all_reduce(new_stats, op=tf.distribute.ReduceOp.MEAN)
-            loss, correct, gw, gh = self._all_reduce(loss, correct, gw, gh)
-            rw, rh = self._regularizer_grads(learner, w, h)
-            if self.regularizer_in_clip:
-                gw, gh = gw + rw, gh + rh
-            norm = tf.sqrt(tf.reduce_sum(tf.square(gw)) + tf.reduce_sum(tf.square(gh)))
-            clip = tf.minimum(1.0, self.grad_clip / (norm + 1e-6))  # torch's clip_grad_norm_
-            gw, gh = gw * clip, gh * clip
-            if not self.regularizer_in_clip:
-                gw, gh = gw + rw, gh + rh
-            optimizers.sgd_momentum_update(self.encoder, learner.encoder_momentum, gw, lr,
-                                           self.momentum)
-            optimizers.sgd_momentum_update(learner.head, learner.head_momentum, gh, lr,
-                                           self.momentum)
-            self.stats.assign(new_stats)
-            loss_sum += loss
-            correct_sum += correct
-            count += tf.cast(tf.shape(y)[0] * self.strategy.num_replicas_in_sync, tf.float32)
-        learner.encoder.assign(self.encoder)
-        learner.stats.assign(self.stats)
+        sums = [[0.0, 0.0, 0.0] for _ in group]  # loss, correct, count per learner
+        for step_batches in zip(*batches):
+            for acc, (loss, correct, count) in zip(sums, self._weight_step(group, step_batches,
+                                                                           lr)):
+                acc[0] += loss
+                acc[1] += correct
+                acc[2] += count
+        for member in group:  # W_k := the encoder it passes on (multitask: the shared one)
+            member.encoder.assign(self.encoder)
+            member.stats.assign(self.stats)
         self.stages_done.assign_add(1)
-        return loss_sum / self.steps_per_stage, correct_sum, count
+        out = [(l / len(batches[0]), c, n) for l, c, n in sums]
+        return out[0] if len(group) == 1 else [list(v) for v in zip(*out)]
+
+    def _weight_step(self, group, step_batches, lr):
+        """One SGD step of the encoder on the group's summed loss, each head on its own.
+
+        The encoder's momentum buffer is group[0]'s (multitask: copied to the others, so that
+        every learner's virtual step in eq. 4 sees the shared buffer); the regulariser on the
+        encoder is group[0]'s (multitask learners are never anchored: weight decay)."""
+        w = self.encoder.read_value()
+        stats, gw, heads, out = self.stats, None, [], []
+        for member, (x, y) in zip(group, step_batches):
+            h = member.head.read_value()
+            loss, correct, gw_k, gh, _, stats = self._grads(w, h, stats, x, y)
+            (stats,) = self._all_reduce(stats, op=tf.distribute.ReduceOp.MEAN)
+            loss, correct, gw_k, gh = self._all_reduce(loss, correct, gw_k, gh)
+            gw = gw_k if gw is None else gw + gw_k
+            heads.append((h, gh))
+            out.append((loss, correct,
+                        tf.cast(tf.shape(y)[0] * self.strategy.num_replicas_in_sync, tf.float32)))
+        rw, _ = self._regularizer_grads(group[0], w, heads[0][0])
+        ghs = [gh for _, gh in heads]
+        rhs = [self.weight_decay * h for h, _ in heads]
+        if self.regularizer_in_clip:
+            gw, ghs = gw + rw, [gh + rh for gh, rh in zip(ghs, rhs)]
+        squares = tf.reduce_sum(tf.square(gw))
+        for gh in ghs:
+            squares = squares + tf.reduce_sum(tf.square(gh))
+        norm = tf.sqrt(squares)
+        clip = tf.minimum(1.0, self.grad_clip / (norm + 1e-6))  # torch's clip_grad_norm_
+        gw, ghs = gw * clip, [gh * clip for gh in ghs]
+        if not self.regularizer_in_clip:
+            gw, ghs = gw + rw, [gh + rh for gh, rh in zip(ghs, rhs)]
+        optimizers.sgd_momentum_update(self.encoder, group[0].encoder_momentum, gw, lr,
+                                       self.momentum)
+        for member, gh in zip(group, ghs):
+            if member is not group[0]:
+                member.encoder_momentum.assign(group[0].encoder_momentum)
+            optimizers.sgd_momentum_update(member.head, member.head_momentum, gh, lr,
+                                           self.momentum)
+        self.stats.assign(stats)
+        return out
 
     # ---------------------------------------------------------------- one iteration
     def replica_iteration(self, batches):
@@ -272,8 +367,10 @@ class InterleavingOptimizer(tf.Module):
         Returns:
           dict of per-learner tensors: search val loss, train loss, train correct, count.
         """
-        self._previous_pass = []  # a new trace: no pass to wait for yet
+        self._passes.last = []  # a new trace: no pass to wait for yet
         val_losses = self.architecture_step([(tr[0], val) for tr, val in batches])
+        if self.learning_strategy != "interleaved":
+            return self._baseline_stages(batches, val_losses)
         out = {"search_val_loss": [], "train_loss": [], "train_correct": [], "train_count": []}
         for k, learner in enumerate(self.learners):
             loss, correct, count = self.weight_stage(learner, batches[k][0])
@@ -283,6 +380,52 @@ class InterleavingOptimizer(tf.Module):
         out["search_val_loss"] = val_losses
         self.iteration.assign_add(1)
         return {key: tf.stack(v) for key, v in out.items()}
+
+    def _stage_batches(self, train_batches, stage):
+        """Stage `stage`'s `steps_per_stage` batches out of a learner's list (cycled)."""
+        n = self.steps_per_stage
+        return [train_batches[(stage * n + i) % len(train_batches)] for i in range(n)]
+
+    def _baseline_stages(self, batches, val_losses):
+        """The K weight stages of "blocked", "multitask" or "single" (`strategies.py`).
+
+        Per learner: train loss = mean over the stages it trained in (0 if none), correct and
+        count summed over them."""
+        num = self.num_learners
+        loss, correct, count = (tf.zeros([num]) for _ in range(3))
+        if self.learning_strategy == "blocked":
+            active = strategies.block_learner(self.iteration, num, self.total_iterations)
+            first = strategies.blocked_handover(self.iteration, num, self.total_iterations)
+            for s in range(num):
+                handover = tf.logical_and(first, s == 0)
+
+                def stage(k=None, s=s, handover=handover):
+                    return tf.stack(self.weight_stage(
+                        self.learners[k], self._stage_batches(batches[k][0], s), handover))
+
+                result = tf.switch_case(tf.cast(active, tf.int32),
+                                        [functools.partial(stage, k) for k in range(num)])
+                mask = tf.one_hot(active, num)
+                loss += mask * result[0] / num
+                correct += mask * result[1]
+                count += mask * result[2]
+        elif self.learning_strategy == "multitask":
+            for s in range(num):
+                stage = [self._stage_batches(tr, s) for tr, _ in batches]
+                l, c, n = self.weight_stage(self.learners, stage, tf.constant(False))
+                loss += tf.stack(l) / num
+                correct += tf.stack(c)
+                count += tf.stack(n)
+        else:  # single: learner 1 takes every stage, never anchored.
+            mask = tf.one_hot(0, num)
+            for s in range(num):
+                l, c, n = self.weight_stage(self.learners[0],
+                                            self._stage_batches(batches[0][0], s),
+                                            tf.constant(False))
+                loss, correct, count = loss + mask * l / num, correct + mask * c, count + mask * n
+        self.iteration.assign_add(1)
+        return {"search_val_loss": tf.stack(val_losses), "train_loss": loss,
+                "train_correct": correct, "train_count": count}
 
     # ---------------------------------------------------------------- model selection
     def evaluate_batch(self, learner: Learner, x, y):
