@@ -1,6 +1,8 @@
 """Times search iterations on random 32x32 data; prints one JSON object as its last line.
 
     python benchmarks/search_step.py --channels=8 --layers=5 --batch=16 --order=2 --learners=1
+    python benchmarks/search_step.py --learners=2 --hessian=exact --chained   # vs without
+    python benchmarks/search_step.py --learners=2 --strategy=multitask
 
 startup_s is process start to the end of the first iteration (imports, building, tracing,
 graph optimisation); seconds_per_iter is the median over --iters timed iterations after
@@ -33,6 +35,9 @@ flags.DEFINE_string("hessian", "joint", "joint, split or exact.")
 flags.DEFINE_integer("learners", 1, "K learners (10 classes each).")
 flags.DEFINE_integer("image_size", 32, "Image height and width.")
 flags.DEFINE_bool("sequential_passes", True, "Run the passes strictly one at a time.")
+flags.DEFINE_enum("strategy", "interleaved", ["interleaved", "blocked", "multitask", "single"],
+                  "The learning strategy (il_tf/learning/strategies.py).")
+flags.DEFINE_bool("chained", False, "Chained hypergradient (needs --hessian=exact).")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after the first.")
 flags.DEFINE_integer("iters", 5, "Timed iterations.")
 FLAGS = flags.FLAGS
@@ -46,14 +51,16 @@ def main(argv):
     supernet_lib.build(net, shape)
     opt = interleaving.InterleavingOptimizer(
         net, [10] * FLAGS.learners, strategy, steps_per_epoch=1000, epochs=50,
-        order=FLAGS.order, hessian=FLAGS.hessian, sequential_passes=FLAGS.sequential_passes)
+        order=FLAGS.order, hessian=FLAGS.hessian, sequential_passes=FLAGS.sequential_passes,
+        learning_strategy=FLAGS.strategy, chained=FLAGS.chained)
     rng = np.random.default_rng(0)
 
     def batch():
         return (tf.constant(rng.normal(size=(FLAGS.batch, *shape)), tf.float32),
                 tf.constant(rng.integers(0, 10, FLAGS.batch), tf.int32))
 
-    batches = [([batch()], batch()) for _ in range(FLAGS.learners)]
+    batches = [([batch() for _ in range(opt.train_batches_per_learner)], batch())
+               for _ in range(FLAGS.learners)]
 
     @tf.function
     def iteration(batches):
@@ -72,7 +79,8 @@ def main(argv):
     print(json.dumps({
         "channels": FLAGS.channels, "layers": FLAGS.layers, "batch": FLAGS.batch,
         "order": FLAGS.order, "hessian": FLAGS.hessian, "learners": FLAGS.learners,
-        "sequential_passes": FLAGS.sequential_passes,
+        "sequential_passes": FLAGS.sequential_passes, "strategy": FLAGS.strategy,
+        "chained": FLAGS.chained,
         "seconds_per_iter": round(sec, 4), "seconds_per_iter_all": [round(t, 4) for t in times],
         "images_per_sec": round(2 * FLAGS.batch * FLAGS.learners / sec, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
