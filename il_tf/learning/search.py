@@ -19,6 +19,7 @@ from il_tf import config as config_lib
 from il_tf import distribute
 from il_tf.data import tasks as tasks_lib
 from il_tf.learning import interleaving
+from il_tf.learning import strategies
 from il_tf.models import supernet as supernet_lib
 from il_tf.search_space import genotypes
 from il_tf.training import checkpoints
@@ -121,7 +122,7 @@ def search(model_dir: str,
 
     @tf.function
     def iteration():
-        batches = [([next(tr) for _ in range(opt.steps_per_stage)], next(va))
+        batches = [([next(tr) for _ in range(opt.train_batches_per_learner)], next(va))
                    for tr, va in zip(train_its, val_its)]
         out = strategy.run(opt.replica_iteration, args=(batches,))
         return {k: strategy.experimental_local_results(v)[0] for k, v in out.items()}
@@ -173,7 +174,9 @@ def search(model_dir: str,
         a_n, a_r, b_n, b_r = opt.numpy_alphas()
         genotype = genotypes.derive_genotype(a_n, a_r, betas_normal=b_n, betas_reduce=b_r)
         genotype.save(os.path.join(model_dir, "genotype.json"))
-        summed = float(sum(v[0] for v in val))
+        # The learners whose losses the architecture serves (all but under `single`).
+        used = strategies.hypergradient_learners(opt.learning_strategy, len(tasks))
+        summed = float(sum(val[k][0] for k in used))
         is_best = summed < float(best_val.numpy())
         if is_best:
             best_val.assign(summed)
