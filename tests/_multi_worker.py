@@ -30,6 +30,10 @@ from il_tf.learning import interleaving  # noqa: E402  pylint: disable=wrong-imp
 from il_tf.models import supernet as supernet_lib  # noqa: E402  pylint: disable=wrong-import-position
 
 SIZE, HALF, CLASSES, ITERATIONS = 8, 2, (3, 4), 2
+# First order: the second-order finite-difference term magnifies float32 reduction-order
+# differences ~100x and Adam turns the sign of near-zero components into whole steps;
+# second order across 2 replicas is checked by tests/test_learning.py (MirroredStrategy).
+ORDER = 1
 
 
 def main():
@@ -39,10 +43,10 @@ def main():
     assert strategy.num_replicas_in_sync == (1 if single else 2), strategy
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        net = supernet_lib.Supernet(channels=2, layers=2, seed=0, name="supernet")
+        net = supernet_lib.Supernet(channels=2, layers=3, seed=0, name="supernet")
         supernet_lib.build(net, (SIZE, SIZE, 3))
         opt = interleaving.InterleavingOptimizer(
-            net, list(CLASSES), strategy, steps_per_epoch=10, epochs=2, order=2,
+            net, list(CLASSES), strategy, steps_per_epoch=10, epochs=2, order=ORDER,
             hessian="joint", weight_lr=0.1, arch_lr=3e-3)
     rng = np.random.RandomState(0)
 
@@ -55,6 +59,8 @@ def main():
     def step(batches):
         return strategy.run(opt.replica_iteration, args=(batches,))
 
+    initial = [np.asarray(a.numpy() if not hasattr(a, "values") else a.values[0].numpy())
+               for a in opt.alphas]
     for _ in range(ITERATIONS):
         pairs = [(half_pair(c), half_pair(c)) for c in CLASSES]  # (train, val) per learner
         if single:
@@ -71,6 +77,7 @@ def main():
         step(batches)
     np.savez(out_path, *[np.asarray(a.numpy() if not hasattr(a, "values") else a.values[0].numpy())
                          for a in opt.alphas],
+             init_normal=initial[0], init_reduce=initial[1],
              encoder=opt.encoder.numpy() if not hasattr(opt.encoder, "values")
              else opt.encoder.values[0].numpy())
 

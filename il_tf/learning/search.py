@@ -192,10 +192,11 @@ def search(model_dir: str,
             "seconds": time.time() - t0, "images_per_sec": images / max(time.time() - t0, 1e-9),
             "genotype": genotype.to_dict(),
         }
+        # Checkpoint first: an epoch's metrics line means it can be resumed from.
+        manager.save(checkpoint_number=(epoch + 1) * steps_per_epoch)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         _summaries(writer, record, a_n, a_r, tasks)
-        manager.save(checkpoint_number=(epoch + 1) * steps_per_epoch)
         if not verbose:
             print(f"epoch {epoch + 1}/{epochs} val_loss {record['val_loss']} "
                   f"val_acc {record['val_acc']} {record['images_per_sec']:.0f} img/s", flush=True)
