@@ -14,3 +14,19 @@ def data_dir(tmp_path_factory):
     tfds.display_progress_bar(False)
     tasks.digits_task(data_dir=path).prepare()
     return path
+
+
+def tiny_supernet(channels: int, layers: int, size: int):
+    """A built supernet with seeded weights and alphas drawn away from uniform (0.5 * N(0, 1)),
+    so that the softmax's curvature is not a special case."""
+    import keras  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from il_tf.models import supernet as supernet_lib  # pylint: disable=g-import-not-at-top
+
+    keras.utils.set_random_seed(0)
+    model = supernet_lib.Supernet(channels=channels, layers=layers, seed=0, name="supernet")
+    supernet_lib.build(model, (size, size, 3))
+    rng = np.random.RandomState(0)
+    for v in model.architecture_variables:
+        v.assign(0.5 * rng.randn(*v.shape).astype(np.float32))
+    return model

@@ -14,13 +14,12 @@ import subprocess
 import sys
 
 import il_tf  # pylint: disable=unused-import  # quiet TensorFlow import
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
 from il_tf.learning import interleaving
-from il_tf.models import supernet as supernet_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANNELS, LAYERS, SIZE, BATCH = 2, 2, 8, 4
@@ -41,15 +40,7 @@ _TWO_REPLICAS = _start_two_replicas()
 
 @pytest.fixture(scope="module")
 def net():
-    keras.utils.set_random_seed(0)
-    with tf.distribute.get_strategy().scope():
-        model = supernet_lib.Supernet(channels=CHANNELS, layers=LAYERS, seed=0, name="supernet")
-        supernet_lib.build(model, (SIZE, SIZE, 3))
-    # Alphas away from uniform, so that the softmax's curvature is not a special case.
-    rng = np.random.RandomState(0)
-    for v in model.architecture_variables:
-        v.assign(0.5 * rng.randn(*v.shape).astype(np.float32))
-    return model
+    return conftest.tiny_supernet(CHANNELS, LAYERS, SIZE)
 
 
 @pytest.fixture(scope="module")

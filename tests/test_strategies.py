@@ -11,15 +11,14 @@ import sys
 
 import il_tf  # pylint: disable=unused-import  # quiet TensorFlow import
 import gin
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from il_tf import config
+import conftest
 from il_tf.learning import interleaving
 from il_tf.learning import strategies
-from il_tf.models import supernet as supernet_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, BATCH = 8, 4
@@ -28,13 +27,7 @@ STRATEGIES = strategies.STRATEGIES
 
 @pytest.fixture(scope="module")
 def net():
-    keras.utils.set_random_seed(0)
-    model = supernet_lib.Supernet(channels=2, layers=2, seed=0, name="supernet")
-    supernet_lib.build(model, (SIZE, SIZE, 3))
-    rng = np.random.RandomState(0)
-    for v in model.architecture_variables:
-        v.assign(0.5 * rng.randn(*v.shape).astype(np.float32))
-    return model
+    return conftest.tiny_supernet(2, 2, SIZE)
 
 
 @pytest.fixture(scope="module")
