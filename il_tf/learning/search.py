@@ -36,14 +36,12 @@ def _default_tasks():
 
 def alpha_entropy(alphas: np.ndarray) -> float:
     """Mean entropy (nats) of the rows' softmax: log(8) = 2.079 when uniform."""
-    p = np.exp(alphas - alphas.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
+    p = genotypes.softmax(alphas)
     return float(np.mean(-np.sum(p * np.log(p + 1e-12), axis=-1)))
 
 
 def _softmax_image(alphas: np.ndarray) -> np.ndarray:
-    p = np.exp(alphas - alphas.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
+    p = genotypes.softmax(alphas)
     img = np.kron(p / max(p.max(), 1e-12), np.ones((8, 8)))  # 8x8 pixels per entry
     return img[None, :, :, None].astype(np.float32)
 

@@ -270,7 +270,8 @@ def num_edges(steps: int) -> int:
     return sum(i + 2 for i in range(steps))
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise softmax: DARTS's op weights from raw alphas."""
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
@@ -316,7 +317,7 @@ def _edge_weights(betas: np.ndarray, steps: int) -> np.ndarray:
     start = 0
     for node in range(steps):
         end = start + node + 2
-        out[start:end] = _softmax(betas[start:end])
+        out[start:end] = softmax(betas[start:end])
         start = end
     return out
 
@@ -362,7 +363,7 @@ def derive_genotype(alphas_normal: Any,
     cells = []
     for name, alphas, betas in (("alphas_normal", alphas_normal, betas_normal),
                                 ("alphas_reduce", alphas_reduce, betas_reduce)):
-        weights = _softmax(_as_array(alphas, name, shape))
+        weights = softmax(_as_array(alphas, name, shape))
         if betas is not None:
             betas_name = "betas_" + name.split("_")[1]
             weights = weights * _edge_weights(
