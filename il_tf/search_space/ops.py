@@ -144,7 +144,10 @@ class Conv(keras.layers.Layer):
     """A bias-free conv, optionally depthwise; explicit symmetric padding as PyTorch's.
 
     `groups` > 1 splits the channels into independent blocks (a grouped conv), which is how
-    the supernet runs one primitive for several edges in a single op.
+    the supernet runs one primitive for several edges in a single op. Grouped convs are
+    1x1 here and run as one batched matmul: TF's grouped Conv2D has no gradient on CPUs
+    without oneDNN ("Gradients for grouped convolutions are not supported on CPU"), and the
+    matmul is as fast where it has (measured in tests/test_supernet.py's docstring).
     """
 
     def __init__(self, filters: int, kernel_size: int, stride: int = 1, dilation: int = 1,
@@ -173,8 +176,26 @@ class Conv(keras.layers.Layer):
                 input=x, filter=kernel, strides=strides, padding="EXPLICIT",
                 explicit_paddings=[0, 0, pad, pad, pad, pad, 0, 0])
         if self.kernel_size == 1 and self.stride == 1:
+            if self.groups > 1:
+                return self._grouped_pointwise(x, kernel)
             return tf.nn.conv2d(x, kernel, 1, "VALID")
+        if self.groups > 1:
+            raise NotImplementedError("Grouped convs are implemented for 1x1, stride 1 only.")
         return tf.nn.conv2d(x, kernel, strides, _pads(pad), dilations=self.dilation)
+
+    def _grouped_pointwise(self, x, kernel):
+        """Conv2D(groups=G) with a 1x1 kernel as a batched matmul over the G blocks.
+
+        Block g reads input channels [g*Ci, (g+1)*Ci) and writes output channels
+        [g*Co, (g+1)*Co) with kernel[0, 0, :, g*Co:(g+1)*Co], as tf.nn.conv2d's groups do.
+        """
+        g = self.groups
+        h, w, c_in = x.shape[1], x.shape[2], x.shape[3] // g
+        c_out = self.filters // g
+        blocks = tf.transpose(tf.reshape(x, [-1, g, c_in]), [1, 0, 2])        # (G, BHW, Ci)
+        weights = tf.transpose(tf.reshape(kernel, [c_in, g, c_out]), [1, 0, 2])  # (G, Ci, Co)
+        y = tf.transpose(tf.matmul(blocks, weights), [1, 0, 2])               # (BHW, G, Co)
+        return tf.reshape(y, [-1, h, w, g * c_out])
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
