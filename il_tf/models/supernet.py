@@ -137,13 +137,15 @@ class MixedOp(ops_lib.Composite):
             states = [x[..., :c] for x in states]
         x = states[0] if s == 1 else tf.concat(states, axis=-1)          # (B, H, W, S*C)
         h, w, c = x.shape[1], x.shape[2], x.shape[3] // s
+        # Every op with weights starts with the ReLU: applied once, before the tiling, so the
+        # backward pass keeps one tiled tensor for all those ops instead of one each.
         # Each source's channels repeated once per edge: (B, H, W, S*E*C), source-major.
-        tiled = tf.reshape(tf.tile(tf.reshape(x, [-1, h, w, s, 1, c]), [1, 1, 1, 1, e, 1]),
-                           [-1, h, w, s * e * c])
+        tiled = tf.reshape(tf.tile(tf.reshape(self.activation(x), [-1, h, w, s, 1, c]),
+                                   [1, 1, 1, 1, e, 1]), [-1, h, w, s * e * c])
         columns = tf.unstack(op_weights[:, :, None, :], axis=-1)          # num_ops x (S, E, 1)
         terms = []
         for i, op in self.per_edge:
-            y = op(tiled, training=training)
+            y = op(tiled, training=training, activated=True)
             y = tf.reshape(y, [-1, *y.shape[1:3], s, e, y.shape[-1] // (s * e)])
             terms.append(columns[i] * y)
         for i, op in self.shared:

@@ -67,6 +67,13 @@ class Composite(keras.layers.Layer):
     composite built and letting the leaves build on their first call avoids all of that.
     """
 
+    # The nonlinearity in front of every conv: DARTS's ReLU. Ops that start with it take
+    # `activated=True` for an input it was already applied to (the supernet applies it once
+    # for all the edges that read a state). An attribute, not a bare call,
+    # so that tests can make a supernet smooth where they check second derivatives by finite
+    # differences (tests/test_learning.py); nothing in the library changes it.
+    activation = staticmethod(tf.nn.relu)
+
     def build(self, input_shape=None):
         self.built = True
 
@@ -213,7 +220,7 @@ class ReLUConvBN(Composite):
         self.bn = BatchNorm(affine)
 
     def call(self, x, training=False):
-        return self.bn(self.conv(tf.nn.relu(x)), training=training)
+        return self.bn(self.conv(self.activation(x)), training=training)
 
 
 class DilConv(Composite):
@@ -229,10 +236,12 @@ class DilConv(Composite):
         self.pointwise = Conv(filters, 1, groups=groups)
         self.bn = BatchNorm(affine)
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, activated=False):
+        if not activated:
+            x = self.activation(x)
         if self.stride == 2:
             x = x[:, ::2, ::2, :]
-        return self.bn(self.pointwise(self.depthwise(tf.nn.relu(x))), training=training)
+        return self.bn(self.pointwise(self.depthwise(x)), training=training)
 
 
 class SepConv(Composite):
@@ -248,9 +257,11 @@ class SepConv(Composite):
         self.pw2 = Conv(filters, 1, groups=groups)
         self.bn2 = BatchNorm(affine)
 
-    def call(self, x, training=False):
-        x = self.bn1(self.pw1(self.dw1(tf.nn.relu(x))), training=training)
-        return self.bn2(self.pw2(self.dw2(tf.nn.relu(x))), training=training)
+    def call(self, x, training=False, activated=False):
+        if not activated:
+            x = self.activation(x)
+        x = self.bn1(self.pw1(self.dw1(x)), training=training)
+        return self.bn2(self.pw2(self.dw2(self.activation(x))), training=training)
 
 
 class FactorizedReduce(Composite):
@@ -270,8 +281,9 @@ class FactorizedReduce(Composite):
         self.conv2 = Conv(filters // 2, 1, groups=groups)
         self.bn = BatchNorm(affine)
 
-    def call(self, x, training=False):
-        x = tf.nn.relu(x)
+    def call(self, x, training=False, activated=False):
+        if not activated:
+            x = self.activation(x)
         a, b = self.conv1(x[:, ::2, ::2, :]), self.conv2(x[:, 1::2, 1::2, :])
         if self.groups == 1:
             y = tf.concat([a, b], axis=-1)
