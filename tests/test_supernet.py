@@ -173,6 +173,48 @@ def test_gradient_flow_encoder_alphas_and_heads(tiny):
     assert all(g is None for g in head1)  # a head only learns from its own learner
 
 
+@pytest.mark.parametrize("partial_channels,traced", [(1, True), (2, False)])
+def test_recomputed_cells_give_the_same_pass(partial_channels, traced):
+    """recompute_cells=True changes what the backward pass keeps, not what it computes: the
+    search's gradient pass (traced, as the search runs it; eagerly for PC-DARTS, whose edge
+    betas take the other path) gives the same loss, gradients (weights, head, alphas, betas)
+    and BN moving statistics."""
+    from il_tf.learning import functional  # pylint: disable=g-import-not-at-top
+    nets = []
+    for recompute in (False, True):
+        # 2 cells (both reductions) keep the two traces short.
+        net = supernet_lib.Supernet(channels=4, layers=2, partial_channels=partial_channels,
+                                    seed=1, recompute_cells=recompute)
+        supernet_lib.build(net, (8, 8, 3))
+        nets.append(net)
+    nets[1].set_weights(nets[0].get_weights())
+    x = tf.random.normal([4, 8, 8, 3], seed=5)
+    y = tf.constant([0, 1, 2, 0])
+    results = []
+    for net in nets:
+        fn = functional.SupernetFunctions(net)
+        w = tf.constant(fn.weights_layout.initial_value(net.encoder_variables))
+        stats = tf.constant(fn.stats_layout.initial_value(net.non_trainable_variables))
+        h = tf.constant(np.random.RandomState(6).randn(net.feature_dim * 3 + 3), tf.float32)
+        alphas = [tf.convert_to_tensor(v) for v in net.architecture_variables]
+        grads = fn.gradients if traced else fn._gradients  # pylint: disable=protected-access
+        loss, _, gw, gh, ga, new_stats = grads(w, h, stats, alphas, x, y, tf.constant(0.25))
+        ga = [g for g, v in zip(ga, net.architecture_variables) if "normal" not in v.path]
+        results.append([loss, gw, gh, *ga, new_stats - stats])
+    for ours, ref in zip(results[1], results[0]):
+        assert float(tf.reduce_max(tf.abs(ref))) > 0  # a real gradient / statistics update
+        np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_exact_hessian_refuses_recomputed_cells():
+    from il_tf.learning import interleaving  # pylint: disable=g-import-not-at-top
+    net = supernet_lib.Supernet(channels=2, layers=1, recompute_cells=True)
+    supernet_lib.build(net, (8, 8, 3))
+    with pytest.raises(ValueError, match="recompute_cells"):
+        interleaving.InterleavingOptimizer(net, [3], tf.distribute.get_strategy(),
+                                           steps_per_epoch=1, hessian="exact")
+
+
 def test_partial_channels_variant():
     net = supernet_lib.Supernet(channels=4, layers=3, partial_channels=2)
     y = net(tf.random.normal([2, 8, 8, 3]), training=True)

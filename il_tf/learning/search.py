@@ -54,6 +54,7 @@ def search(model_dir: str,
            channels: int = 16,
            layers: int = 8,
            partial_channels: int = 1,
+           recompute_cells: bool = False,
            max_steps_per_epoch: Optional[int] = None,
            eval_batch_size: int = 256,
            max_eval_batches: Optional[int] = None,
@@ -72,6 +73,8 @@ def search(model_dir: str,
       epochs: search epochs (PAPER.md: 50); also the cosine schedule's length.
       channels, layers: supernet C and number of cells (PAPER.md: 16, 8).
       partial_channels: PC-DARTS's k (1 = off).
+      recompute_cells: recompute each cell's forward in the backward pass (less memory,
+        about one more forward pass of time; see `Supernet`).
       max_steps_per_epoch: caps iterations per epoch (quick runs); default the epoch of the
         smallest learner's search-train split.
       eval_batch_size, max_eval_batches: epoch-end validation (inference mode) batching.
@@ -99,7 +102,8 @@ def search(model_dir: str,
 
     with strategy.scope():
         supernet = supernet_lib.Supernet(channels, layers, partial_channels=partial_channels,
-                                         seed=seed, name="supernet")
+                                         recompute_cells=recompute_cells, seed=seed,
+                                         name="supernet")
         supernet_lib.build(supernet, image_shape)
         opt = interleaving.InterleavingOptimizer(
             supernet, [t.num_classes for t in tasks], strategy, steps_per_epoch, epochs=epochs)

@@ -207,6 +207,39 @@ class SearchCell(ops_lib.Composite):
         return tf.concat(states[-self.multiplier:], axis=-1)
 
 
+def recompute_in_backward(forward, *args):
+    """forward(*args) whose backward pass recomputes forward instead of keeping its
+    intermediate tensors (gradient checkpointing); returns forward's outputs (a tuple).
+
+    Unlike `tf.recompute_grad` inside a `tf.function`, the recomputation waits for the
+    incoming gradients (a control dependency): TF's executor runs every op as soon as its
+    inputs exist, so a recomputation that depends only on the forward's inputs runs during
+    the forward pass and keeps everything alive, which costs time and saves no memory.
+    `forward` must read no variables (values come in as arguments).
+    """
+
+    @tf.custom_gradient
+    def run(*inputs):
+        outputs = forward(*inputs)
+
+        def grad(*douts, variables=None):
+            if variables:
+                raise ValueError("recompute_in_backward: forward read variables "
+                                 f"{[v.name for v in variables]}; pass their values instead.")
+            douts = [tf.zeros_like(o) if d is None else d for o, d in zip(outputs, douts)]
+            with tf.control_dependencies(douts):
+                again_in = [tf.identity(x) for x in inputs]
+            with tf.GradientTape() as tape:
+                tape.watch(again_in)
+                again = forward(*again_in)
+            return tape.gradient(again, again_in, output_gradients=douts,
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        return outputs, grad
+
+    return run(*args)
+
+
 class Supernet(keras.Model):
     """The shared encoder: stem, `layers` search cells (reductions at 1/3 and 2/3), pooling.
 
@@ -220,19 +253,25 @@ class Supernet(keras.Model):
       edge_normalization: PC-DARTS's edge betas; default follows `partial_channels > 1`.
       architecture: an `Architecture` to share with other supernets; a new one by default.
       seed: initialisation seed for the alphas.
+      recompute_cells: keep only each cell's inputs for the backward pass and recompute the
+        cell's forward there (`recompute_in_backward`): the activations kept shrink to about
+        one cell's, for one extra forward pass per gradient. First-order gradients only
+        (not `hessian="exact"`, which differentiates the gradient again).
     """
 
     def __init__(self, channels: int = 16, layers: int = 8, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3, partial_channels: int = 1,
                  edge_normalization: Optional[bool] = None,
                  architecture: Optional[Architecture] = None, seed: Optional[int] = None,
-                 **kw):
+                 recompute_cells: bool = False, **kw):
         super().__init__(**kw)
+        self.recompute_cells = recompute_cells
         if edge_normalization is None:
             edge_normalization = partial_channels > 1
         self.config_ = dict(channels=channels, layers=layers, steps=steps, multiplier=multiplier,
                             stem_multiplier=stem_multiplier, partial_channels=partial_channels,
-                            edge_normalization=edge_normalization)
+                            edge_normalization=edge_normalization,
+                            recompute_cells=recompute_cells)
         self.architecture = architecture or Architecture(
             steps, edge_normalization=edge_normalization, seed=seed, name="architecture")
         if self.architecture.edge_normalization != edge_normalization:
@@ -261,8 +300,34 @@ class Supernet(keras.Model):
         s0 = s1 = self.stem_bn(self.stem_conv(images), training=training)
         for cell in self.cells:
             op_w, edge_w = weights["reduce" if cell.reduction else "normal"]
-            s0, s1 = s1, cell(s0, s1, op_w, edge_w, training=training)
+            s0, s1 = s1, self._run_cell(cell, s0, s1, op_w, edge_w, training)
         return tf.reduce_mean(s1, axis=[1, 2])
+
+    def _run_cell(self, cell, s0, s1, op_w, edge_w, training):
+        if not self.recompute_cells:
+            return cell(s0, s1, op_w, edge_w, training=training)
+        # recompute_in_backward differentiates its function w.r.t. its arguments only, so the
+        # cell's variables enter as arguments: their current values (`v.value` is the
+        # substituted one inside a keras.StatelessScope, as in the search's traced passes),
+        # mapped back onto the variables in a scope of the function's own. The BN moving
+        # statistics it updates come out as outputs and are assigned here (recorded by an
+        # enclosing StatelessScope, if any).
+        variables = list(cell.variables)
+        weights = [op_w] + ([edge_w] if edge_w is not None else [])
+
+        def forward(s0, s1, *args):
+            mixing, values = args[:len(weights)], args[len(weights):]
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+                out = cell(s0, s1, *mixing, training=training)
+                updated = [scope.get_current_value(v) for v in variables]
+            return (out, *updated)
+
+        out, *updated = recompute_in_backward(forward, s0, s1, *weights,
+                                              *[v.value for v in variables])
+        for v, value in zip(variables, updated):
+            if not v.trainable:
+                v.assign(value)
+        return out
 
     # Variable groups (never found by name): see DESIGN.md's invariants.
     @property
