@@ -72,7 +72,7 @@ def test_genotype_is_accepted_by_get_genotype_and_the_network(run):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(search_config, tmp_path):
     model_dir = str(tmp_path)
     with pytest.raises(search_lib.SearchDivergedError) as error:
-        search_lib.search(model_dir, epochs=2, fail_on_step=5, **TINY)
+        search_lib.search(model_dir, epochs=2, fail_on_step=5, **{**TINY, "layers": 2})
     message = str(error.value)
     assert "\n" not in message
     assert "learner 2" in message and "weight stage" in message and "iteration 5" in message
@@ -85,7 +85,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(search_config, tmp_pa
 def _tool(model_dir, data_dir, epochs):
     bindings = [f"il_tf.data.tfds_config.data_dir = '{data_dir}'",
                 f"il_tf.search.epochs = {epochs}", "il_tf.search.verbose = 0",
-                "il_tf.search.channels = 2", "il_tf.search.batch_size = 16",
+                "il_tf.search.channels = 2", "il_tf.search.layers = 2",
+                "il_tf.search.batch_size = 16",
                 "il_tf.search.max_steps_per_epoch = 4", "il_tf.search.draw_cells = False"]
     return [sys.executable, os.path.join(REPO, "tools", "search.py"), f"--model_dir={model_dir}"
             ] + [f"--gin_bindings={b}" for b in bindings]

@@ -305,14 +305,15 @@ def test_compare_one_line_errors(tmp_path):
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_shipped_offline_ablation_runs(tmp_path, name):
-    """gin_configs/ablations/<name>_digits.gin, shrunk: 1 epoch of 2 iterations, C = 2."""
+    """gin_configs/ablations/<name>_digits.gin, shrunk: 1 epoch of 2 iterations, C = 2, 2 cells."""
     from il_tf.learning import search as search_lib  # pylint: disable=g-import-not-at-top
     gin.clear_config()
     try:
         config.parse(
             [f"ablations/{name}_digits.gin"],
             ["il_tf.search.epochs = 1", "il_tf.search.max_steps_per_epoch = 2",
-             "il_tf.search.channels = 2", "il_tf.search.batch_size = 8",
+             "il_tf.search.channels = 2", "il_tf.search.layers = 2",
+             "il_tf.search.batch_size = 8",
              "il_tf.search.verbose = 0", "il_tf.search.draw_cells = False",
              f"il_tf.data.tfds_config.data_dir = '{tmp_path / 'tfds'}'"],
             imports=["il_tf.learning.search"])
