@@ -313,20 +313,20 @@ class Supernet(keras.Model):
         # statistics it updates come out as outputs and are assigned here (recorded by an
         # enclosing StatelessScope, if any).
         variables = list(cell.variables)
+        statistics = [v for v in variables if not v.trainable]
         weights = [op_w] + ([edge_w] if edge_w is not None else [])
 
         def forward(s0, s1, *args):
             mixing, values = args[:len(weights)], args[len(weights):]
             with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
                 out = cell(s0, s1, *mixing, training=training)
-                updated = [scope.get_current_value(v) for v in variables]
+                updated = [scope.get_current_value(v) for v in statistics]
             return (out, *updated)
 
         out, *updated = recompute_in_backward(forward, s0, s1, *weights,
                                               *[v.value for v in variables])
-        for v, value in zip(variables, updated):
-            if not v.trainable:
-                v.assign(value)
+        for v, value in zip(statistics, updated):
+            v.assign(value)
         return out
 
     # Variable groups (never found by name): see DESIGN.md's invariants.
