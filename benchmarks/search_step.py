@@ -38,7 +38,8 @@ flags.DEFINE_bool("sequential_passes", True, "Run the passes strictly one at a t
 flags.DEFINE_enum("strategy", "interleaved", ["interleaved", "blocked", "multitask", "single"],
                   "The learning strategy (il_tf/learning/strategies.py).")
 flags.DEFINE_bool("chained", False, "Chained hypergradient (needs --hessian=exact).")
-flags.DEFINE_bool("recompute_cells", False, "Recompute each cell's forward in the backward.")
+flags.DEFINE_enum("recompute", "ops", supernet_lib.RECOMPUTE_MODES,
+                  "What the backward pass recomputes (Supernet.recompute; the search's default)."),
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after the first.")
 flags.DEFINE_integer("iters", 5, "Timed iterations.")
 FLAGS = flags.FLAGS
@@ -49,7 +50,7 @@ def main(argv):
     strategy = tf.distribute.get_strategy()
     shape = (FLAGS.image_size, FLAGS.image_size, 3)
     net = supernet_lib.Supernet(FLAGS.channels, FLAGS.layers, seed=0,
-                                recompute_cells=FLAGS.recompute_cells)
+                                recompute=FLAGS.recompute)
     supernet_lib.build(net, shape)
     opt = interleaving.InterleavingOptimizer(
         net, [10] * FLAGS.learners, strategy, steps_per_epoch=1000, epochs=50,
@@ -82,7 +83,7 @@ def main(argv):
         "channels": FLAGS.channels, "layers": FLAGS.layers, "batch": FLAGS.batch,
         "order": FLAGS.order, "hessian": FLAGS.hessian, "learners": FLAGS.learners,
         "sequential_passes": FLAGS.sequential_passes, "strategy": FLAGS.strategy,
-        "chained": FLAGS.chained, "recompute_cells": FLAGS.recompute_cells,
+        "chained": FLAGS.chained, "recompute": FLAGS.recompute,
         "seconds_per_iter": round(sec, 4), "seconds_per_iter_all": [round(t, 4) for t in times],
         "images_per_sec": round(2 * FLAGS.batch * FLAGS.learners / sec, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

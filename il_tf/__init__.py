@@ -2,8 +2,10 @@
 
 The public API lives here; see README.md for the pipeline (search -> train -> export).
 """
+from il_tf import _malloc
 from il_tf import _quiet
 
+_malloc.limit_arenas()
 _quiet.import_tensorflow_quietly()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -103,9 +103,6 @@ class InterleavingOptimizer(tf.Module):
             raise ValueError(f"order must be 1 or 2, got {order}.")
         if hessian not in HESSIAN_MODES:
             raise ValueError(f"hessian must be one of {HESSIAN_MODES}, got {hessian!r}.")
-        if hessian == "exact" and supernet.recompute_cells:
-            raise ValueError("hessian='exact' differentiates through gradients, which "
-                             "recompute_cells=True does not support; use 'joint' or 'split'.")
         if hessian == "exact" and strategy.num_replicas_in_sync > 1:
             raise ValueError("hessian='exact' runs on one replica; use 'joint' or 'split' "
                              "under a multi-replica strategy.")

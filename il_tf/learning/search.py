@@ -54,7 +54,7 @@ def search(model_dir: str,
            channels: int = 16,
            layers: int = 8,
            partial_channels: int = 1,
-           recompute_cells: bool = False,
+           recompute: str = "ops",
            max_steps_per_epoch: Optional[int] = None,
            eval_batch_size: int = 256,
            max_eval_batches: Optional[int] = None,
@@ -73,8 +73,9 @@ def search(model_dir: str,
       epochs: search epochs (PAPER.md: 50); also the cosine schedule's length.
       channels, layers: supernet C and number of cells (PAPER.md: 16, 8).
       partial_channels: PC-DARTS's k (1 = off).
-      recompute_cells: recompute each cell's forward in the backward pass (less memory,
-        about one more forward pass of time; see `Supernet`).
+      recompute: what the backward pass recomputes instead of keeping: "none", "ops"
+        (each mixed op's conv ops: less memory for a little time) or "cells" (each cell:
+        the least memory, about one more forward pass of time); see `Supernet`.
       max_steps_per_epoch: caps iterations per epoch (quick runs); default the epoch of the
         smallest learner's search-train split.
       eval_batch_size, max_eval_batches: epoch-end validation (inference mode) batching.
@@ -102,7 +103,7 @@ def search(model_dir: str,
 
     with strategy.scope():
         supernet = supernet_lib.Supernet(channels, layers, partial_channels=partial_channels,
-                                         recompute_cells=recompute_cells, seed=seed,
+                                         recompute=recompute, seed=seed,
                                          name="supernet")
         supernet_lib.build(supernet, image_shape)
         opt = interleaving.InterleavingOptimizer(

@@ -9,6 +9,7 @@ which is how the K learners of interleaving learning share A while keeping their
 The supernet ends in global average pooling and returns features; classification heads are
 separate layers (`ClassifierHead`), one per learner.
 """
+import contextlib
 from typing import List, Optional, Sequence
 
 import keras
@@ -18,6 +19,9 @@ import tensorflow as tf
 from il_tf.search_space import ops as ops_lib
 
 NUM_INPUT_NODES = 2
+
+# What the backward pass recomputes instead of keeping (`Supernet`'s `recompute`).
+RECOMPUTE_MODES = ("none", "ops", "cells")
 
 
 def num_edges(steps: int = 4) -> int:
@@ -106,13 +110,16 @@ class MixedOp(ops_lib.Composite):
     (PC-DARTS) only the first C/k channels go through the ops, the rest bypass them
     (max-pooled on stride 2) and each edge's result is channel-shuffled.
     `none` is not computed: its output is zero whatever its weight.
+    With `recompute`, each grouped op keeps only its input and output for the backward pass
+    and recomputes its inside there (`call_recomputed`); see `Supernet`.
 
     Call: (states list, op weights (sources, edges, num_ops)) -> (B, H, W, sources, edges, C).
     """
 
     def __init__(self, channels: int, stride: int, sources: int, num_edges: int,
-                 partial_channels: int = 1, **kw):
+                 partial_channels: int = 1, recompute: bool = False, **kw):
         super().__init__(**kw)
+        self.recompute = recompute
         if channels % partial_channels:
             raise ValueError(f"channels ({channels}) must be divisible by partial_channels "
                              f"({partial_channels}).")
@@ -145,7 +152,10 @@ class MixedOp(ops_lib.Composite):
         columns = tf.unstack(op_weights[:, :, None, :], axis=-1)          # num_ops x (S, E, 1)
         terms = []
         for i, op in self.per_edge:
-            y = op(tiled, training=training, activated=True)
+            if self.recompute and _RECOMPUTE[-1]:
+                y = call_recomputed(op, [tiled], training=training, activated=True)
+            else:
+                y = op(tiled, training=training, activated=True)
             y = tf.reshape(y, [-1, *y.shape[1:3], s, e, y.shape[-1] // (s * e)])
             terms.append(columns[i] * y)
         for i, op in self.shared:
@@ -172,7 +182,8 @@ class SearchCell(ops_lib.Composite):
     """
 
     def __init__(self, steps: int, multiplier: int, channels: int, reduction: bool,
-                 reduction_prev: bool, partial_channels: int = 1, **kw):
+                 reduction_prev: bool, partial_channels: int = 1, recompute_ops: bool = False,
+                 **kw):
         super().__init__(**kw)
         self.steps, self.multiplier, self.reduction = steps, multiplier, reduction
         self.preprocess0 = (ops_lib.FactorizedReduce(channels, affine=False) if reduction_prev
@@ -180,10 +191,11 @@ class SearchCell(ops_lib.Composite):
         self.preprocess1 = ops_lib.ReLUConvBN(channels, 1, 1, affine=False)
         # Group 0: the input states (stride 2 in a reduction cell) -> every node.
         self.input_edges = MixedOp(channels, 2 if reduction else 1, NUM_INPUT_NODES, steps,
-                                   partial_channels, name="input_edges")
+                                   partial_channels, recompute_ops, name="input_edges")
         # Group j: intermediate node j -> the nodes after it.
         self.node_edges = [MixedOp(channels, 1, 1, steps - 1 - j, partial_channels,
-                                   name=f"node{j}_edges") for j in range(steps - 1)]
+                                   recompute_ops, name=f"node{j}_edges")
+                           for j in range(steps - 1)]
         self._rows = [[[edge_index(i, j) for i in range(steps)] for j in range(NUM_INPUT_NODES)]]
         self._rows += [[[edge_index(i, NUM_INPUT_NODES + j) for i in range(j + 1, steps)]]
                        for j in range(steps - 1)]
@@ -240,6 +252,47 @@ def recompute_in_backward(forward, *args):
     return run(*args)
 
 
+_RECOMPUTE = [True]
+
+
+@contextlib.contextmanager
+def recompute_disabled():
+    """Within this context (at trace time) the supernet keeps every activation, whatever its
+    `recompute`: for passes that are differentiated twice (hessian="exact"), which a
+    recomputing backward pass (`recompute_in_backward`) does not support."""
+    _RECOMPUTE.append(False)
+    try:
+        yield
+    finally:
+        _RECOMPUTE.pop()
+
+
+def call_recomputed(layer, inputs, **kwargs):
+    """layer(*inputs, **kwargs) through `recompute_in_backward`.
+
+    recompute_in_backward differentiates its function w.r.t. its arguments only, so the
+    layer's variables enter as arguments: their current values (`v.value` is the substituted
+    one inside a keras.StatelessScope, as in the search's traced passes), mapped back onto
+    the variables in a scope of the function's own. The BN moving statistics the layer
+    updates come out as outputs and are assigned here (recorded by an enclosing
+    StatelessScope, if any). `inputs` are tensors.
+    """
+    variables = list(layer.variables)
+    statistics = [v for v in variables if not v.trainable]
+    n = len(inputs)
+
+    def forward(*args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, args[n:]))) as scope:
+            out = layer(*args[:n], **kwargs)
+            updated = [scope.get_current_value(v) for v in statistics]
+        return (out, *updated)
+
+    out, *updated = recompute_in_backward(forward, *inputs, *[v.value for v in variables])
+    for v, value in zip(statistics, updated):
+        v.assign(value)
+    return out
+
+
 class Supernet(keras.Model):
     """The shared encoder: stem, `layers` search cells (reductions at 1/3 and 2/3), pooling.
 
@@ -253,25 +306,33 @@ class Supernet(keras.Model):
       edge_normalization: PC-DARTS's edge betas; default follows `partial_channels > 1`.
       architecture: an `Architecture` to share with other supernets; a new one by default.
       seed: initialisation seed for the alphas.
-      recompute_cells: keep only each cell's inputs for the backward pass and recompute the
-        cell's forward there (`recompute_in_backward`): the activations kept shrink to about
-        one cell's, for one extra forward pass per gradient. First-order gradients only
-        (not `hessian="exact"`, which differentiates the gradient again).
+      recompute: what the backward pass recomputes instead of keeping
+        (`recompute_in_backward`), one of RECOMPUTE_MODES. "none" keeps every activation.
+        "ops": each grouped conv op of a mixed op (separable and dilated convs, the bulk of
+        the activations) keeps only its input and output and recomputes its inside (the
+        depthwise and pointwise convs and the inner BN) in the backward pass: about a third
+        of the activations for a fraction of a forward pass. "cells": each cell keeps only
+        its inputs and recomputes its whole forward, for one more forward pass per gradient;
+        the least memory where cells are large (the paper's setting). Passes that are
+        differentiated twice (hessian="exact") run inside `recompute_disabled` and keep
+        everything.
     """
 
     def __init__(self, channels: int = 16, layers: int = 8, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3, partial_channels: int = 1,
                  edge_normalization: Optional[bool] = None,
                  architecture: Optional[Architecture] = None, seed: Optional[int] = None,
-                 recompute_cells: bool = False, **kw):
+                 recompute: str = "none", **kw):
         super().__init__(**kw)
-        self.recompute_cells = recompute_cells
+        if recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {recompute!r}.")
+        self.recompute = recompute
         if edge_normalization is None:
             edge_normalization = partial_channels > 1
         self.config_ = dict(channels=channels, layers=layers, steps=steps, multiplier=multiplier,
                             stem_multiplier=stem_multiplier, partial_channels=partial_channels,
                             edge_normalization=edge_normalization,
-                            recompute_cells=recompute_cells)
+                            recompute=recompute)
         self.architecture = architecture or Architecture(
             steps, edge_normalization=edge_normalization, seed=seed, name="architecture")
         if self.architecture.edge_normalization != edge_normalization:
@@ -287,7 +348,8 @@ class Supernet(keras.Model):
             if reduction:
                 c_curr *= 2
             self.cells.append(SearchCell(steps, multiplier, c_curr, reduction, reduction_prev,
-                                         partial_channels, name=f"cell_{i}"))
+                                         partial_channels, recompute_ops=recompute == "ops",
+                                         name=f"cell_{i}"))
             reduction_prev = reduction
             c_p = multiplier * c_curr
         self.feature_dim = c_p
@@ -304,30 +366,10 @@ class Supernet(keras.Model):
         return tf.reduce_mean(s1, axis=[1, 2])
 
     def _run_cell(self, cell, s0, s1, op_w, edge_w, training):
-        if not self.recompute_cells:
+        if self.recompute != "cells" or not _RECOMPUTE[-1]:
             return cell(s0, s1, op_w, edge_w, training=training)
-        # recompute_in_backward differentiates its function w.r.t. its arguments only, so the
-        # cell's variables enter as arguments: their current values (`v.value` is the
-        # substituted one inside a keras.StatelessScope, as in the search's traced passes),
-        # mapped back onto the variables in a scope of the function's own. The BN moving
-        # statistics it updates come out as outputs and are assigned here (recorded by an
-        # enclosing StatelessScope, if any).
-        variables = list(cell.variables)
-        statistics = [v for v in variables if not v.trainable]
         weights = [op_w] + ([edge_w] if edge_w is not None else [])
-
-        def forward(s0, s1, *args):
-            mixing, values = args[:len(weights)], args[len(weights):]
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
-                out = cell(s0, s1, *mixing, training=training)
-                updated = [scope.get_current_value(v) for v in statistics]
-            return (out, *updated)
-
-        out, *updated = recompute_in_backward(forward, s0, s1, *weights,
-                                              *[v.value for v in variables])
-        for v, value in zip(statistics, updated):
-            v.assign(value)
-        return out
+        return call_recomputed(cell, [s0, s1, *weights], training=training)
 
     # Variable groups (never found by name): see DESIGN.md's invariants.
     @property
@@ -378,6 +420,10 @@ class ClassifierHead(keras.layers.Layer):
 
 
 def build(model: keras.layers.Layer, image_shape: Sequence[int]):
-    """Creates a model's variables by calling it once on zeros of `image_shape` (H, W, C)."""
-    model(tf.zeros([1, *image_shape]), training=False)
+    """Creates a model's variables by calling it once on zeros of `image_shape` (H, W, C).
+
+    Plainly: a recomputed layer (`call_recomputed`) takes its variables' values as inputs,
+    so they must exist before its first recomputed call."""
+    with recompute_disabled():
+        model(tf.zeros([1, *image_shape]), training=False)
     return model
