@@ -112,13 +112,14 @@ class SupernetFunctions:
         packed = self._grad_fn(w, h, stats, list(alphas), images, labels, loss_scale)
         sizes = [1, 1, tf.size(w), tf.size(h), *[tf.size(a) for a in alphas], tf.size(stats)]
         loss, correct, gw, gh, *rest = tf.split(packed, tf.stack(sizes), num=len(sizes))
-        ga = [tf.reshape(g, tf.shape(a)) for g, a in zip(rest[:-1], alphas)]
+        ga = [tf.cast(tf.reshape(g, tf.shape(a)), a.dtype) for g, a in zip(rest[:-1], alphas)]
         return tf.reshape(loss, []), tf.reshape(correct, []), gw, gh, ga, rest[-1]
 
     def _packed_gradients(self, *args):
         loss, correct, gw, gh, ga, new_stats = self._gradients(*args)
         return tf.concat([tf.reshape(loss, [1]), tf.reshape(correct, [1]), gw, gh,
-                          *[tf.reshape(g, [-1]) for g in ga], new_stats], axis=0)
+                          *[tf.reshape(tf.cast(g, tf.float32), [-1]) for g in ga], new_stats],
+                         axis=0)
 
     def _gradients(self, w, h, stats, alphas, images, labels, loss_scale):
         with tf.GradientTape() as tape:
