@@ -310,8 +310,9 @@ class Supernet(keras.Model):
         (`recompute_in_backward`), one of RECOMPUTE_MODES. "none" keeps every activation.
         "ops": each grouped conv op of a mixed op (separable and dilated convs, the bulk of
         the activations) keeps only its input and output and recomputes its inside (the
-        depthwise and pointwise convs and the inner BN) in the backward pass: about a third
-        of the activations for a fraction of a forward pass. "cells": each cell keeps only
+        depthwise and pointwise convs and the inner BN) in the backward pass (measured at
+        C=8, 5 cells, batch 16: 200 MiB less peak, no time difference beyond the noise;
+        README, Measurements). "cells": each cell keeps only
         its inputs and recomputes its whole forward, for one more forward pass per gradient;
         the least memory where cells are large (the paper's setting). Passes that are
         differentiated twice (hessian="exact") run inside `recompute_disabled` and keep
