@@ -39,7 +39,7 @@ flags.DEFINE_enum("strategy", "interleaved", ["interleaved", "blocked", "multita
                   "The learning strategy (il_tf/learning/strategies.py).")
 flags.DEFINE_bool("chained", False, "Chained hypergradient (needs --hessian=exact).")
 flags.DEFINE_enum("recompute", "ops", supernet_lib.RECOMPUTE_MODES,
-                  "What the backward pass recomputes (Supernet.recompute; the search's default)."),
+                  "What the backward pass recomputes (Supernet.recompute; the search's default).")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after the first.")
 flags.DEFINE_integer("iters", 5, "Timed iterations.")
 FLAGS = flags.FLAGS

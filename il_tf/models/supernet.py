@@ -152,7 +152,7 @@ class MixedOp(ops_lib.Composite):
         columns = tf.unstack(op_weights[:, :, None, :], axis=-1)          # num_ops x (S, E, 1)
         terms = []
         for i, op in self.per_edge:
-            if self.recompute and _RECOMPUTE[-1]:
+            if self.recompute:
                 y = call_recomputed(op, [tiled], training=training, activated=True)
             else:
                 y = op(tiled, training=training, activated=True)
@@ -268,7 +268,8 @@ def recompute_disabled():
 
 
 def call_recomputed(layer, inputs, **kwargs):
-    """layer(*inputs, **kwargs) through `recompute_in_backward`.
+    """layer(*inputs, **kwargs) through `recompute_in_backward`; a plain call inside
+    `recompute_disabled`.
 
     recompute_in_backward differentiates its function w.r.t. its arguments only, so the
     layer's variables enter as arguments: their current values (`v.value` is the substituted
@@ -277,6 +278,8 @@ def call_recomputed(layer, inputs, **kwargs):
     updates come out as outputs and are assigned here (recorded by an enclosing
     StatelessScope, if any). `inputs` are tensors.
     """
+    if not _RECOMPUTE[-1]:
+        return layer(*inputs, **kwargs)
     variables = list(layer.variables)
     statistics = [v for v in variables if not v.trainable]
     n = len(inputs)
@@ -312,9 +315,9 @@ class Supernet(keras.Model):
         the activations) keeps only its input and output and recomputes its inside (the
         depthwise and pointwise convs and the inner BN) in the backward pass (measured at
         C=8, 5 cells, batch 16: 200 MiB less peak, no time difference beyond the noise;
-        README, Measurements). "cells": each cell keeps only
-        its inputs and recomputes its whole forward, for one more forward pass per gradient;
-        the least memory where cells are large (the paper's setting). Passes that are
+        README, Measurements). "cells": each cell keeps only its inputs and recomputes its
+        whole forward, for one more forward pass per gradient; the least memory where cells
+        are large (the paper's setting). Passes that are
         differentiated twice (hessian="exact") run inside `recompute_disabled` and keep
         everything.
     """
@@ -367,7 +370,7 @@ class Supernet(keras.Model):
         return tf.reduce_mean(s1, axis=[1, 2])
 
     def _run_cell(self, cell, s0, s1, op_w, edge_w, training):
-        if self.recompute != "cells" or not _RECOMPUTE[-1]:
+        if self.recompute != "cells":
             return cell(s0, s1, op_w, edge_w, training=training)
         weights = [op_w] + ([edge_w] if edge_w is not None else [])
         return call_recomputed(cell, [s0, s1, *weights], training=training)
