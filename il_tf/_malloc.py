@@ -34,3 +34,18 @@ def limit_arenas() -> None:
     except (OSError, AttributeError):  # not glibc
         return
     mallopt(_M_ARENA_MAX, arenas)
+
+
+def release_free_memory() -> None:
+    """Hands the free pages inside glibc's heap back to the system (malloc_trim).
+
+    Called after a large trace is dropped (il_tf/learning/runtime_function.py): the freed
+    graph sits in the heap, which the step's large tensors (mmap'd by glibc) cannot reuse,
+    so without this it only adds to the peak. Does nothing off Linux/glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from il_tf.learning import runtime_function
 from il_tf.models import supernet as supernet_lib
 from il_tf.search_space import ops as ops_lib
 
@@ -107,9 +108,11 @@ class SupernetFunctions:
         do not use).
         """
         if self._grad_fn is None:
-            self._grad_fn = tf.function(self._packed_gradients, reduce_retracing=True,
-                                        experimental_attributes={"_noinline": True})
-        packed = self._grad_fn(w, h, stats, list(alphas), images, labels, loss_scale)
+            # Heads (argument 1) traced at any size: one trace serves every learner.
+            self._grad_fn = runtime_function.RuntimeFunction(
+                self._packed_gradients, "supernet_gradients", relaxed=(1,),
+                attributes={"_noinline": True})
+        packed, = self._grad_fn(w, h, stats, list(alphas), images, labels, loss_scale)
         sizes = [1, 1, tf.size(w), tf.size(h), *[tf.size(a) for a in alphas], tf.size(stats)]
         loss, correct, gw, gh, *rest = tf.split(packed, tf.stack(sizes), num=len(sizes))
         ga = [tf.cast(tf.reshape(g, tf.shape(a)), a.dtype) for g, a in zip(rest[:-1], alphas)]
@@ -137,8 +140,10 @@ class SupernetFunctions:
     def evaluate(self, w, h, stats, alphas, images, labels):
         """(summed loss, correct count) in inference mode (BN moving statistics)."""
         if self._eval_fn is None:
-            self._eval_fn = tf.function(self._evaluate, reduce_retracing=True)
-        return self._eval_fn(w, h, stats, list(alphas), images, labels)
+            self._eval_fn = runtime_function.RuntimeFunction(
+                self._evaluate, "supernet_evaluate", relaxed=(1,))
+        loss, correct = self._eval_fn(w, h, stats, list(alphas), images, labels)
+        return loss, correct
 
     def _evaluate(self, w, h, stats, alphas, images, labels):
         logits, _ = self._logits(w, h, stats, alphas, images, training=False)

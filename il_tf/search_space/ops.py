@@ -41,6 +41,8 @@ def _pads(p):
     return [[0, 0], [p, p], [p, p], [0, 0]]
 
 
+# Graph -> its shared constants, both held weakly: a constant (the graph's own tensor)
+# referenced strongly would keep its graph, the key, alive for good.
 _GRAPH_CONSTANTS = weakref.WeakKeyDictionary()
 
 
@@ -50,10 +52,10 @@ def _shared_constant(key, make):
     A supernet trace holds hundreds of identical BN scale/offset constants otherwise; every
     op costs trace and Grappler time.
     """
-    graph = tf.compat.v1.get_default_graph()
     if tf.executing_eagerly():
         return make()
-    cache = _GRAPH_CONSTANTS.setdefault(graph, {})
+    graph = tf.compat.v1.get_default_graph()
+    cache = _GRAPH_CONSTANTS.setdefault(graph, weakref.WeakValueDictionary())
     if key not in cache:
         cache[key] = make()
     return cache[key]

@@ -1,0 +1,79 @@
+"""RuntimeFunction: a traced function run from its FunctionDef, with its Python graph let go."""
+import gc
+
+import numpy as np
+import pytest
+
+import il_tf  # noqa: F401  (quiet TensorFlow import)
+import tensorflow as tf
+from tensorflow.python.framework import func_graph
+from tensorflow.python.framework import ops as tf_ops
+
+from il_tf.learning import runtime_function
+from il_tf.models import supernet as supernet_lib
+from il_tf.search_space import ops as ops_lib
+
+
+def _loss_and_gradient(w, h, x):
+    """A function that computes its own gradient, through a custom gradient (as the
+    supernet's recomputing backward pass does) and a shared constant (as its BN layers
+    use), with a head `h` of any size."""
+    one = ops_lib._shared_constant(("test", 1), lambda: tf.constant(1.0))  # pylint: disable=protected-access
+    with tf.GradientTape() as tape:
+        tape.watch(w)
+        y, = supernet_lib.recompute_in_backward(lambda a, b: (tf.tanh(a @ b),), x, w)
+        loss = tf.reduce_sum(y * tf.reduce_mean(h)) * one
+    return tf.concat([tf.reshape(loss, [1]), tf.reshape(tape.gradient(loss, w), [-1])], 0)
+
+
+def _graphs_named(name):
+    gc.collect()
+    return [g for g in gc.get_objects()
+            if isinstance(g, func_graph.FuncGraph) and g.name == name]
+
+
+def test_runs_the_traced_function_and_lets_its_graph_go():
+    rng = np.random.default_rng(0)
+    w = tf.constant(rng.normal(size=(3, 2)), tf.float32)
+    x = tf.constant(rng.normal(size=(4, 3)), tf.float32)
+    heads = [tf.constant(rng.normal(size=(n,)), tf.float32) for n in (5, 7)]
+    expected = [_loss_and_gradient(w, h, x).numpy() for h in heads]
+    registry = set(tf_ops._gradient_registry._registry)  # pylint: disable=protected-access
+
+    fn = runtime_function.RuntimeFunction(_loss_and_gradient, "test", relaxed=(1,))
+    eager = [fn(w, h, x)[0].numpy() for h in heads]
+
+    @tf.function
+    def outer(w, h, x):
+        return fn(w, h, x)[0] * 1.0
+
+    traced = [outer(w, h, x).numpy() for h in heads]
+    for got in (eager, traced):
+        for e, g in zip(expected, got):
+            np.testing.assert_allclose(g, e, rtol=1e-6)
+    assert len(fn._traced) == 1  # one trace, relaxed head, for both sizes and both callers
+    assert not _graphs_named("_loss_and_gradient")
+    assert set(tf_ops._gradient_registry._registry) == registry  # pylint: disable=protected-access
+    # A plain tf.function keeps it (the check can tell).
+    plain = tf.function(_loss_and_gradient)
+    plain(w, heads[0], x)
+    assert _graphs_named("_loss_and_gradient")
+    del plain
+
+
+def test_the_definition_goes_with_the_function():
+    from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top
+    fn = runtime_function.RuntimeFunction(lambda a: a * 2.0, "test_lifetime")
+    assert float(fn(tf.constant(1.0))[0]) == 2.0
+    name, = [name for name, _, _ in fn._traced.values()]
+    assert context.context().has_function(name)
+    del fn
+    gc.collect()
+    assert not context.context().has_function(name)
+
+
+def test_captured_tensors_are_refused():
+    outside = tf.Variable(1.0)
+    fn = runtime_function.RuntimeFunction(lambda a: a * outside, "test_capture")
+    with pytest.raises(ValueError, match="captures"):
+        fn(tf.constant(1.0))
