@@ -8,6 +8,8 @@ float32 vectors (encoder weights, BN statistics, each head), and one `tf.functio
 (weights, alphas, batch) to (loss, all gradients, new BN statistics). Every pass of every
 learner calls that one traced function; the Keras `Supernet` defines the computation and
 the layout of the vectors, and its own variables are only the template (initial values).
+The traced function is kept only as its definition in the runtime (`RuntimeFunction`): its
+Python graph, about 140 MiB at C=8 and 5 cells, is let go after tracing.
 """
 import dataclasses
 from typing import List, Sequence
