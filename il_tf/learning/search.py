@@ -74,8 +74,9 @@ def search(model_dir: str,
       channels, layers: supernet C and number of cells (PAPER.md: 16, 8).
       partial_channels: PC-DARTS's k (1 = off).
       recompute: what the backward pass recomputes instead of keeping: "none", "ops"
-        (each mixed op's conv ops: less memory for a little time) or "cells" (each cell:
-        the least memory, about one more forward pass of time); see `Supernet`.
+        (each mixed op's conv ops: less memory for a little time), "edges" (each group of
+        edges: less again, for recomputing most of the forward) or "cells" (each cell);
+        see `Supernet`.
       max_steps_per_epoch: caps iterations per epoch (quick runs); default the epoch of the
         smallest learner's search-train split.
       eval_batch_size, max_eval_batches: epoch-end validation (inference mode) batching.

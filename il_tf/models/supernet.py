@@ -21,7 +21,7 @@ from il_tf.search_space import ops as ops_lib
 NUM_INPUT_NODES = 2
 
 # What the backward pass recomputes instead of keeping (`Supernet`'s `recompute`).
-RECOMPUTE_MODES = ("none", "ops", "cells")
+RECOMPUTE_MODES = ("none", "ops", "edges", "cells")
 
 
 def num_edges(steps: int = 4) -> int:
@@ -183,9 +183,10 @@ class SearchCell(ops_lib.Composite):
 
     def __init__(self, steps: int, multiplier: int, channels: int, reduction: bool,
                  reduction_prev: bool, partial_channels: int = 1, recompute_ops: bool = False,
-                 **kw):
+                 recompute_edges: bool = False, **kw):
         super().__init__(**kw)
         self.steps, self.multiplier, self.reduction = steps, multiplier, reduction
+        self.recompute_edges = recompute_edges
         self.preprocess0 = (ops_lib.FactorizedReduce(channels, affine=False) if reduction_prev
                             else ops_lib.ReLUConvBN(channels, 1, 1, affine=False))
         self.preprocess1 = ops_lib.ReLUConvBN(channels, 1, 1, affine=False)
@@ -208,7 +209,13 @@ class SearchCell(ops_lib.Composite):
         incoming = [[] for _ in range(self.steps)]  # per node, its summed inputs so far
         for g, (layer, rows) in enumerate(zip(groups, self._rows)):
             w = tf.gather(op_weights, rows)                                  # (S, E, ops)
-            out = layer(states if g == 0 else [states[-1]], w, training=training)
+            sources = states if g == 0 else [states[-1]]
+            if self.recompute_edges:  # keeps only the sources and the mixture's weights
+                out = call_recomputed(
+                    layer, [w, *sources], training=training,
+                    call=lambda w, *xs, layer=layer, **kw: layer(list(xs), w, **kw))
+            else:
+                out = layer(sources, w, training=training)
             if edge_weights is not None:
                 out = tf.gather(edge_weights, rows)[:, :, None] * out
             out = tf.reduce_sum(out, axis=-3) if out.shape[-3] > 1 else out[..., 0, :, :]
@@ -233,12 +240,16 @@ def recompute_in_backward(forward, *args):
     @tf.custom_gradient
     def run(*inputs):
         outputs = forward(*inputs)
+        # Shapes, not the outputs: a reference from the backward pass would keep them alive.
+        specs = [(o.shape if o.shape.is_fully_defined() else tf.shape(o), o.dtype)
+                 for o in outputs]
 
         def grad(*douts, variables=None):
             if variables:
                 raise ValueError("recompute_in_backward: forward read variables "
                                  f"{[v.name for v in variables]}; pass their values instead.")
-            douts = [tf.zeros_like(o) if d is None else d for o, d in zip(outputs, douts)]
+            douts = [tf.zeros(shape, dtype) if d is None else d
+                     for (shape, dtype), d in zip(specs, douts)]
             with tf.control_dependencies(douts):
                 again_in = [tf.identity(x) for x in inputs]
             with tf.GradientTape() as tape:
@@ -267,9 +278,10 @@ def recompute_disabled():
         _RECOMPUTE.pop()
 
 
-def call_recomputed(layer, inputs, **kwargs):
+def call_recomputed(layer, inputs, call=None, **kwargs):
     """layer(*inputs, **kwargs) through `recompute_in_backward`; a plain call inside
-    `recompute_disabled`.
+    `recompute_disabled`. `call(*inputs, **kwargs)`, if given, calls the layer instead
+    (for a layer whose inputs are not plain positional tensors).
 
     recompute_in_backward differentiates its function w.r.t. its arguments only, so the
     layer's variables enter as arguments: their current values (`v.value` is the substituted
@@ -278,15 +290,16 @@ def call_recomputed(layer, inputs, **kwargs):
     updates come out as outputs and are assigned here (recorded by an enclosing
     StatelessScope, if any). `inputs` are tensors.
     """
+    call = call or layer
     if not _RECOMPUTE[-1]:
-        return layer(*inputs, **kwargs)
+        return call(*inputs, **kwargs)
     variables = list(layer.variables)
     statistics = [v for v in variables if not v.trainable]
     n = len(inputs)
 
     def forward(*args):
         with keras.StatelessScope(state_mapping=list(zip(variables, args[n:]))) as scope:
-            out = layer(*args[:n], **kwargs)
+            out = call(*args[:n], **kwargs)
             updated = [scope.get_current_value(v) for v in statistics]
         return (out, *updated)
 
@@ -315,9 +328,14 @@ class Supernet(keras.Model):
         the activations) keeps only its input and output and recomputes its inside (the
         depthwise and pointwise convs and the inner BN) in the backward pass (measured at
         C=8, 5 cells, batch 16: 200 MiB less peak, no time difference beyond the noise;
-        README, Measurements). "cells": each cell keeps only its inputs and recomputes its
-        whole forward, for one more forward pass per gradient; the least memory where cells
-        are large (the paper's setting). Passes that are
+        README, Measurements). "edges": each group of edges (a `MixedOp` call) keeps only
+        its input states and mixture weights, not every op's output, and recomputes its
+        forward in the backward pass, one group at a time (measured at the same setting:
+        first order 1,070 against 1,133 MiB with "ops"; the time difference was within the
+        noise there, but it recomputes most of the forward's work). "cells": each cell
+        keeps only its inputs and recomputes its whole forward, for one more forward pass
+        per gradient; while a cell is recomputed all its ops' outputs are alive, so at C=8
+        its peak was no lower than "ops". Passes that are
         differentiated twice (hessian="exact") run inside `recompute_disabled` and keep
         everything.
     """
@@ -353,6 +371,7 @@ class Supernet(keras.Model):
                 c_curr *= 2
             self.cells.append(SearchCell(steps, multiplier, c_curr, reduction, reduction_prev,
                                          partial_channels, recompute_ops=recompute == "ops",
+                                         recompute_edges=recompute == "edges",
                                          name=f"cell_{i}"))
             reduction_prev = reduction
             c_p = multiplier * c_curr
