@@ -18,6 +18,13 @@ import sys
 _M_ARENA_MAX = -8  # <malloc.h>
 
 
+def _glibc(function: str):
+    """The C library's `function`, or None off Linux/glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return getattr(ctypes.CDLL(None), function, None)
+
+
 def limit_arenas() -> None:
     if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
         return
@@ -27,13 +34,9 @@ def limit_arenas() -> None:
     except ValueError:
         raise ValueError(f"IL_TF_MALLOC_ARENAS must be a whole number (0 keeps glibc's "
                          f"default), got {value!r}.") from None
-    if arenas <= 0:
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(_M_ARENA_MAX, arenas)
+    mallopt = _glibc("mallopt")
+    if arenas > 0 and mallopt is not None:
+        mallopt(_M_ARENA_MAX, arenas)
 
 
 def release_free_memory() -> None:
@@ -43,9 +46,6 @@ def release_free_memory() -> None:
     graph sits in the heap, which the step's large tensors (mmap'd by glibc) cannot reuse,
     so without this it only adds to the peak. Does nothing off Linux/glibc.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)

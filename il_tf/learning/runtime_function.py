@@ -16,7 +16,7 @@ gradients, as the supernet's passes do.
 
 The registration and the registry clean-up use TF internals (`context.add_function_def`,
 `ops._gradient_registry`); setup.py pins TensorFlow's minor version, and
-tests/test_learning.py checks that the graph is really released.
+tests/test_runtime_function.py checks that the graph is really released.
 """
 import gc
 import itertools
@@ -58,11 +58,10 @@ class RuntimeFunction:
 
     def __call__(self, *args):
         """The outputs, as a list of tensors."""
-        specs = [tf.nest.map_structure(
-                     lambda x, i=i: self._spec(tf.convert_to_tensor(x), i in self._relaxed), a)
+        args = tf.nest.map_structure(tf.convert_to_tensor, args)
+        specs = [tf.nest.map_structure(lambda x, i=i: self._spec(x, i in self._relaxed), a)
                  for i, a in enumerate(args)]
-        key = tuple((s.dtype, tuple(s.shape.as_list() if s.shape.rank is not None else [None]))
-                    for s in tf.nest.flatten(specs))
+        key = tuple(tf.nest.flatten(specs))
         if key not in self._traced:
             self._traced[key] = self._trace(specs)
             # The trace's graph is a web of reference cycles; collected, its memory is
@@ -71,8 +70,7 @@ class RuntimeFunction:
             _malloc.release_free_memory()
         name, stateful, outputs = self._traced[key]
         call = tf.raw_ops.StatefulPartitionedCall if stateful else tf.raw_ops.PartitionedCall
-        flat = [tf.convert_to_tensor(x) for x in tf.nest.flatten(args)]
-        results = call(args=flat, Tout=[o.dtype for o in outputs], f=name,
+        results = call(args=tf.nest.flatten(args), Tout=[o.dtype for o in outputs], f=name,
                        config_proto=context.context().function_call_options
                        .config_proto_serialized)
         for result, spec in zip(results, outputs):

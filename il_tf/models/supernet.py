@@ -182,11 +182,12 @@ class SearchCell(ops_lib.Composite):
     """
 
     def __init__(self, steps: int, multiplier: int, channels: int, reduction: bool,
-                 reduction_prev: bool, partial_channels: int = 1, recompute_ops: bool = False,
-                 recompute_edges: bool = False, **kw):
+                 reduction_prev: bool, partial_channels: int = 1, recompute: str = "none",
+                 **kw):
         super().__init__(**kw)
         self.steps, self.multiplier, self.reduction = steps, multiplier, reduction
-        self.recompute_edges = recompute_edges
+        self.recompute = recompute  # "ops" and "edges" act here; "cells" in Supernet
+        recompute_ops = recompute == "ops"
         self.preprocess0 = (ops_lib.FactorizedReduce(channels, affine=False) if reduction_prev
                             else ops_lib.ReLUConvBN(channels, 1, 1, affine=False))
         self.preprocess1 = ops_lib.ReLUConvBN(channels, 1, 1, affine=False)
@@ -210,7 +211,7 @@ class SearchCell(ops_lib.Composite):
         for g, (layer, rows) in enumerate(zip(groups, self._rows)):
             w = tf.gather(op_weights, rows)                                  # (S, E, ops)
             sources = states if g == 0 else [states[-1]]
-            if self.recompute_edges:  # keeps only the sources and the mixture's weights
+            if self.recompute == "edges":  # keeps only the sources and the mixture's weights
                 out = call_recomputed(
                     layer, [w, *sources], training=training,
                     call=lambda w, *xs, layer=layer, **kw: layer(list(xs), w, **kw))
@@ -370,9 +371,7 @@ class Supernet(keras.Model):
             if reduction:
                 c_curr *= 2
             self.cells.append(SearchCell(steps, multiplier, c_curr, reduction, reduction_prev,
-                                         partial_channels, recompute_ops=recompute == "ops",
-                                         recompute_edges=recompute == "edges",
-                                         name=f"cell_{i}"))
+                                         partial_channels, recompute, name=f"cell_{i}"))
             reduction_prev = reduction
             c_p = multiplier * c_curr
         self.feature_dim = c_p
