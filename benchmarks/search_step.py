@@ -38,7 +38,7 @@ flags.DEFINE_bool("sequential_passes", True, "Run the passes strictly one at a t
 flags.DEFINE_enum("strategy", "interleaved", ["interleaved", "blocked", "multitask", "single"],
                   "The learning strategy (il_tf/learning/strategies.py).")
 flags.DEFINE_bool("chained", False, "Chained hypergradient (needs --hessian=exact).")
-flags.DEFINE_enum("recompute", "ops", supernet_lib.RECOMPUTE_MODES,
+flags.DEFINE_enum("recompute", "edges", supernet_lib.RECOMPUTE_MODES,
                   "What the backward pass recomputes (Supernet.recompute; the search's default).")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after the first.")
 flags.DEFINE_integer("iters", 5, "Timed iterations.")
