@@ -3,9 +3,11 @@
 The public API lives here; see README.md for the pipeline (search -> train -> export).
 """
 from il_tf import _malloc
+from il_tf import _onednn
 from il_tf import _quiet
 
 _malloc.limit_arenas()
+_onednn.enable_by_default()
 _quiet.import_tensorflow_quietly()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
