@@ -14,8 +14,16 @@ different labels still make the replicas' gradients differ, so a replica whose c
 were lost or mis-scaled in the all-reduce shows up.
 """
 import json
+import os
 
-import tensorflow as tf
+# The comparison is of the all-reduce and the replicas' state, so both runs use TensorFlow's
+# Eigen kernels, whose per-example rounding does not depend on the batch split. With oneDNN
+# (il_tf's default on x86-64, TF's on AVX-512 VNNI CPUs) the half batches round differently
+# from the whole one, and the finite-difference Hessian term amplifies that: on an AVX2 CPU
+# the second-order hypergradient drifted by 4.5% (first order: 1.2e-5, as with Eigen).
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+
+import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 
 _CPU = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
