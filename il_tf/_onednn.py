@@ -11,8 +11,9 @@ rounding; oneDNN's rounding depends on the batch size, which is why the test com
 replicas with one pins Eigen (tests/_two_replicas.py).
 
 `TF_ENABLE_ONEDNN_OPTS` in the environment wins (TensorFlow reads it itself, `0` turns
-oneDNN off). It takes effect only when il_tf is imported before TensorFlow, as every il_tf
-tool does. Elsewhere (other CPUs, other systems) TensorFlow's own default stays.
+oneDNN off). TensorFlow reads it once per process, when it first needs it; importing il_tf
+before TensorFlow, as every il_tf tool does, is always early enough. Elsewhere (other CPUs,
+other systems) TensorFlow's own default stays.
 """
 import os
 import platform
@@ -20,5 +21,5 @@ import sys
 
 
 def enable_by_default() -> None:
-    if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64":
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

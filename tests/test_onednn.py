@@ -1,6 +1,6 @@
 """il_tf turns TensorFlow's oneDNN kernels on by default on x86-64 Linux (il_tf/_onednn.py),
-and a user's TF_ENABLE_ONEDNN_OPTS wins. Checked in fresh processes: the setting is read once,
-when TensorFlow starts."""
+and a user's TF_ENABLE_ONEDNN_OPTS wins. Checked in fresh processes: TensorFlow reads the setting
+once per process."""
 import os
 import platform
 import subprocess
