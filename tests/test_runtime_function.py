@@ -77,3 +77,26 @@ def test_captured_tensors_are_refused():
     fn = runtime_function.RuntimeFunction(lambda a: a * outside, "test_capture")
     with pytest.raises(ValueError, match="captures"):
         fn(tf.constant(1.0))
+
+
+def test_simplify_merges_identical_nodes_drops_dead_ones_and_keeps_stateful_ones():
+    def f(a):
+        tf.sin(a)  # dead: no output needs it
+        noise = tf.random.uniform([3]) - tf.random.uniform([3])  # stateful: never merged
+        return (a * 2.0 + 3.0) + (a * 2.0 + 3.0) + 0.0 * noise
+
+    concrete = tf.function(f, autograph=False).get_concrete_function(tf.TensorSpec([3]))
+    definition = runtime_function.function_pb2.FunctionDef()
+    definition.CopyFrom(concrete.function_def)
+    before = [n.op for n in definition.node_def]
+    removed = runtime_function.simplify_function_def(definition)
+    after = [n.op for n in definition.node_def]
+    assert removed == len(before) - len(after) > 0
+    assert before.count("Mul") == 3 and after.count("Mul") == 2  # a * 2 once, 0 * noise
+    assert "Sin" in before and "Sin" not in after
+    assert after.count("RandomUniform") == 2
+    assert len(set(n.name for n in definition.node_def)) == len(after)
+    # The simplified definition is what RuntimeFunction registers and runs.
+    fn = runtime_function.RuntimeFunction(f, "test_simplify")
+    a = tf.constant([1.0, -2.0, 0.5])
+    np.testing.assert_allclose(fn(a)[0].numpy(), f(a).numpy(), rtol=1e-6)

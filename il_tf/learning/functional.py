@@ -111,9 +111,11 @@ class SupernetFunctions:
         """
         if self._grad_fn is None:
             # Heads (argument 1) traced at any size: one trace serves every learner.
+            # "_nospecialize": every call site runs this one definition; Grappler would
+            # otherwise copy it for the constant loss scale the call sites pass.
             self._grad_fn = runtime_function.RuntimeFunction(
                 self._packed_gradients, "supernet_gradients", relaxed=(1,),
-                attributes={"_noinline": True})
+                attributes={"_noinline": True, "_nospecialize": True})
         packed, = self._grad_fn(w, h, stats, list(alphas), images, labels, loss_scale)
         sizes = [1, 1, tf.size(w), tf.size(h), *[tf.size(a) for a in alphas], tf.size(stats)]
         loss, correct, gw, gh, *rest = tf.split(packed, tf.stack(sizes), num=len(sizes))

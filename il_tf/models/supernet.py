@@ -236,6 +236,11 @@ def recompute_in_backward(forward, *args):
     inputs exist, so a recomputation that depends only on the forward's inputs runs during
     the forward pass and keeps everything alive, which costs time and saves no memory.
     `forward` must read no variables (values come in as arguments).
+
+    Only forward's first output is differentiated; the others (the BN moving statistics
+    `call_recomputed` returns) get no gradient. The recomputation runs with the statistics
+    frozen (`ops.moving_statistics_frozen`): their update would be recomputed only to be
+    thrown away, a quarter of the traced pass's nodes (measured at C=8, 5 cells).
     """
 
     @tf.custom_gradient
@@ -243,20 +248,21 @@ def recompute_in_backward(forward, *args):
         outputs = forward(*inputs)
         # Shapes, not the outputs: a reference from the backward pass would keep them alive.
         specs = [(o.shape if o.shape.is_fully_defined() else tf.shape(o), o.dtype)
-                 for o in outputs]
+                 for o in outputs[:1]]
 
         def grad(*douts, variables=None):
             if variables:
                 raise ValueError("recompute_in_backward: forward read variables "
                                  f"{[v.name for v in variables]}; pass their values instead.")
-            douts = [tf.zeros(shape, dtype) if d is None else d
-                     for (shape, dtype), d in zip(specs, douts)]
-            with tf.control_dependencies(douts):
+            (shape, dtype), dout = specs[0], douts[0]
+            dout = tf.zeros(shape, dtype) if dout is None else dout
+            with tf.control_dependencies([dout]):
                 again_in = [tf.identity(x) for x in inputs]
             with tf.GradientTape() as tape:
                 tape.watch(again_in)
-                again = forward(*again_in)
-            return tape.gradient(again, again_in, output_gradients=douts,
+                with ops_lib.moving_statistics_frozen():
+                    again = forward(*again_in)[0]
+            return tape.gradient(again, again_in, output_gradients=dout,
                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
         return outputs, grad
