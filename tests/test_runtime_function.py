@@ -83,7 +83,10 @@ def test_simplify_merges_identical_nodes_drops_dead_ones_and_keeps_stateful_ones
     def f(a):
         tf.sin(a)  # dead: no output needs it
         noise = tf.random.uniform([3]) - tf.random.uniform([3])  # stateful: never merged
-        return (a * 2.0 + 3.0) + (a * 2.0 + 3.0) + 0.0 * noise
+        first, second = a * 2.0 + 3.0, a * 2.0 + 3.0
+        with tf.compat.v1.colocate_with(second.op):  # names a node that is merged away
+            total = first + second
+        return total + 0.0 * noise
 
     concrete = tf.function(f, autograph=False).get_concrete_function(tf.TensorSpec([3]))
     definition = runtime_function.function_pb2.FunctionDef()
@@ -95,8 +98,11 @@ def test_simplify_merges_identical_nodes_drops_dead_ones_and_keeps_stateful_ones
     assert before.count("Mul") == 3 and after.count("Mul") == 2  # a * 2 once, 0 * noise
     assert "Sin" in before and "Sin" not in after
     assert after.count("RandomUniform") == 2
-    assert len(set(n.name for n in definition.node_def)) == len(after)
+    names = [n.name for n in definition.node_def]
+    assert len(set(names)) == len(after)
+    groups = [g.decode() for n in definition.node_def for g in n.attr["_class"].list.s]
+    assert groups and all(g[len("loc:@"):] in names for g in groups)
     # The simplified definition is what RuntimeFunction registers and runs.
     fn = runtime_function.RuntimeFunction(f, "test_simplify")
     a = tf.constant([1.0, -2.0, 0.5])
-    np.testing.assert_allclose(fn(a)[0].numpy(), f(a).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fn(a)[0].numpy(), 2 * (2 * a.numpy() + 3), rtol=1e-6)

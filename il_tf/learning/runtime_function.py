@@ -72,7 +72,8 @@ def simplify_function_def(definition: function_pb2.FunctionDef) -> int:
     (see the module docstring). Nodes are visited in topological order, so that a node
     whose inputs were merged can merge in turn; two nodes are identical when their op,
     device, attributes, data inputs (in order) and control inputs (as a set) are. Stateful
-    nodes are never merged and always kept.
+    nodes are never merged and always kept; colocation constraints ("_class") follow the
+    merges and keep the node they name.
     """
     nodes = {n.name: n for n in definition.node_def}
     users, pending = collections.defaultdict(list), {}
@@ -113,6 +114,11 @@ def simplify_function_def(definition: function_pb2.FunctionDef) -> int:
             merged_into[name] = first_of[key]
         else:
             first_of[key] = name
+    for node in nodes.values():  # colocation constraints name nodes too
+        if "_class" in node.attr:
+            groups = [renamed(g.decode()[len("loc:@"):]) for g in node.attr["_class"].list.s]
+            del node.attr["_class"].list.s[:]
+            node.attr["_class"].list.s.extend(f"loc:@{g}".encode() for g in groups)
     for key, reference in list(definition.ret.items()):
         definition.ret[key] = renamed(reference)
     for key, name in list(definition.control_ret.items()):
@@ -127,6 +133,8 @@ def simplify_function_def(definition: function_pb2.FunctionDef) -> int:
             continue
         live.add(name)
         stack.extend(_node_of(i) for i in nodes[name].input)
+        if "_class" in nodes[name].attr:
+            stack.extend(g.decode()[len("loc:@"):] for g in nodes[name].attr["_class"].list.s)
     kept = [node_def_pb2.NodeDef() for n in definition.node_def if n.name in live]
     for copy, node in zip(kept, (n for n in definition.node_def if n.name in live)):
         copy.CopyFrom(node)  # copies: the originals go with the field's clearing
