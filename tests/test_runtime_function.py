@@ -6,6 +6,7 @@ import pytest
 
 import il_tf  # noqa: F401  (quiet TensorFlow import)
 import tensorflow as tf
+from tensorflow.core.framework import function_pb2
 from tensorflow.python.framework import func_graph
 from tensorflow.python.framework import ops as tf_ops
 
@@ -89,7 +90,7 @@ def test_simplify_merges_identical_nodes_drops_dead_ones_and_keeps_stateful_ones
         return total + 0.0 * noise
 
     concrete = tf.function(f, autograph=False).get_concrete_function(tf.TensorSpec([3]))
-    definition = runtime_function.function_pb2.FunctionDef()
+    definition = function_pb2.FunctionDef()
     definition.CopyFrom(concrete.function_def)
     before = [n.op for n in definition.node_def]
     removed = runtime_function.simplify_function_def(definition)

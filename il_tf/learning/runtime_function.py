@@ -57,6 +57,13 @@ def _node_of(reference: str) -> str:
     return reference.lstrip("^").split(":", 1)[0]
 
 
+def _colocated_with(node) -> list:
+    """The node names in a node's colocation constraints ("_class": ["loc:@name", ...])."""
+    if "_class" not in node.attr:  # (reading a missing key would add it)
+        return []
+    return [g.decode()[len("loc:@"):] for g in node.attr["_class"].list.s]
+
+
 def _is_pure(op_type: str) -> bool:
     """A registered op without side effects (a call of a function by its name is not)."""
     op_def = op_def_registry.get(op_type)
@@ -116,7 +123,7 @@ def simplify_function_def(definition: function_pb2.FunctionDef) -> int:
             first_of[key] = name
     for node in nodes.values():  # colocation constraints name nodes too
         if "_class" in node.attr:
-            groups = [renamed(g.decode()[len("loc:@"):]) for g in node.attr["_class"].list.s]
+            groups = [renamed(g) for g in _colocated_with(node)]
             del node.attr["_class"].list.s[:]
             node.attr["_class"].list.s.extend(f"loc:@{g}".encode() for g in groups)
     for key, reference in list(definition.ret.items()):
@@ -133,8 +140,7 @@ def simplify_function_def(definition: function_pb2.FunctionDef) -> int:
             continue
         live.add(name)
         stack.extend(_node_of(i) for i in nodes[name].input)
-        if "_class" in nodes[name].attr:
-            stack.extend(g.decode()[len("loc:@"):] for g in nodes[name].attr["_class"].list.s)
+        stack.extend(_colocated_with(nodes[name]))
     kept = [node_def_pb2.NodeDef() for n in definition.node_def if n.name in live]
     for copy, node in zip(kept, (n for n in definition.node_def if n.name in live)):
         copy.CopyFrom(node)  # copies: the originals go with the field's clearing

@@ -240,22 +240,21 @@ def recompute_in_backward(forward, *args):
     Only forward's first output is differentiated; the others (the BN moving statistics
     `call_recomputed` returns) get no gradient. The recomputation runs with the statistics
     frozen (`ops.moving_statistics_frozen`): their update would be recomputed only to be
-    thrown away, a quarter of the traced pass's nodes (measured at C=8, 5 cells).
+    thrown away (1,944 of the 19,989 nodes the pass traced at C=8, 5 cells).
     """
 
     @tf.custom_gradient
     def run(*inputs):
         outputs = forward(*inputs)
-        # Shapes, not the outputs: a reference from the backward pass would keep them alive.
-        specs = [(o.shape if o.shape.is_fully_defined() else tf.shape(o), o.dtype)
-                 for o in outputs[:1]]
+        # Its shape, not the output: a reference from the backward pass would keep it alive.
+        shape = outputs[0].shape if outputs[0].shape.is_fully_defined() else tf.shape(outputs[0])
+        dtype = outputs[0].dtype
 
         def grad(*douts, variables=None):
             if variables:
                 raise ValueError("recompute_in_backward: forward read variables "
                                  f"{[v.name for v in variables]}; pass their values instead.")
-            (shape, dtype), dout = specs[0], douts[0]
-            dout = tf.zeros(shape, dtype) if dout is None else dout
+            dout = tf.zeros(shape, dtype) if douts[0] is None else douts[0]
             with tf.control_dependencies([dout]):
                 again_in = [tf.identity(x) for x in inputs]
             with tf.GradientTape() as tape:
