@@ -211,6 +211,29 @@ def test_recomputing_gives_the_same_pass(partial_channels, traced):
                                        err_msg=f"recompute={mode!r}")
 
 
+def test_traced_pass_averages_the_bn_statistics_as_keras_layers_do():
+    """The traced pass returns the batch statistics and `gradients` averages them into the
+    moving ones on the flat vector (`ops.moving_statistics_deferred`); the result is what
+    the BN layers' own update gives when the Keras model runs the same batch."""
+    from il_tf.learning import functional  # pylint: disable=g-import-not-at-top
+    net = supernet_lib.Supernet(channels=4, layers=2, seed=2, recompute="edges")
+    supernet_lib.build(net, (8, 8, 3))
+    fn = functional.SupernetFunctions(net)
+    w = tf.constant(fn.weights_layout.initial_value(net.encoder_variables))
+    stats = tf.constant(np.random.RandomState(9).rand(fn.stats_layout.size) + 0.5, tf.float32)
+    h = tf.constant(np.random.RandomState(6).randn(net.feature_dim * 3 + 3), tf.float32)
+    alphas = [tf.convert_to_tensor(v) for v in net.architecture_variables]
+    x = tf.random.normal([4, 8, 8, 3], seed=8)
+    new_stats = fn.gradients(w, h, stats, alphas, x, tf.constant([0, 1, 2, 0]),
+                             tf.constant(0.25))[-1]
+    for v, value in zip(net.non_trainable_variables, fn.stats_layout.unflatten(stats)):
+        v.assign(value)
+    net(x, training=True)  # every BN layer averages this batch into its statistics
+    keras_stats = fn.stats_layout.flatten(net.non_trainable_variables)
+    assert float(tf.reduce_max(tf.abs(keras_stats - stats))) > 1e-2  # a real update
+    np.testing.assert_allclose(new_stats.numpy(), keras_stats.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_recompute_disabled_allows_second_derivatives():
     """hessian="exact" differentiates the training loss twice (`training_loss` in nested
     tapes), which a recomputing backward pass does not support: there a recomputing

@@ -40,14 +40,24 @@ class FlatLayout:
     def size(self) -> int:
         return sum(self.sizes)
 
+    # Both leave out the reshapes that would not change a shape (a BN statistic is a vector
+    # already): a node per variable, 700 of the supernet pass's at C=8, 5 cells.
     def flatten(self, tensors) -> tf.Tensor:
-        return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors], axis=0)
+        return tf.concat([_reshaped(tf.cast(t, tf.float32), [-1]) for t in tensors], axis=0)
 
     def unflatten(self, flat) -> List[tf.Tensor]:
-        return [tf.reshape(p, s) for p, s in zip(tf.split(flat, self.sizes), self.shapes)]
+        return [_reshaped(p, s) for p, s in zip(tf.split(flat, self.sizes), self.shapes)]
 
     def initial_value(self, variables) -> np.ndarray:
         return np.concatenate([np.asarray(v.numpy(), np.float32).ravel() for v in variables])
+
+
+def _reshaped(tensor, shape):
+    """tf.reshape(tensor, shape), or the tensor itself where that is its static shape."""
+    if tensor.shape.rank == len(shape) and (
+            list(tensor.shape) == list(shape) or (len(shape) == 1 and shape[0] == -1)):
+        return tensor
+    return tf.reshape(tensor, shape)
 
 
 def cross_entropy(logits, labels):
@@ -66,6 +76,15 @@ class SupernetFunctions:
         self.supernet = supernet
         self.weights_layout = FlatLayout.of(supernet.encoder_variables)
         self.stats_layout = FlatLayout.of(supernet.non_trainable_variables)
+        # Each BN statistic's momentum, laid out as the statistics are: `gradients` averages
+        # the pass's batch statistics into the moving ones on the flat vector. (Momentum 0
+        # would take the pass's value as it is: any other non-trainable state, none today.)
+        momentum = {id(v): layer.momentum for layer in supernet._flatten_layers()  # pylint: disable=protected-access
+                    if isinstance(layer, ops_lib.BatchNorm)
+                    for v in (layer.moving_mean, layer.moving_variance)}
+        self.stats_momentum = np.concatenate(
+            [np.full(size, momentum.get(id(v), 0.0), np.float64)
+             for v, size in zip(supernet.non_trainable_variables, self.stats_layout.sizes)])
         self.arch_variables = supernet.architecture_variables
         self.feature_dim = supernet.feature_dim
         self._grad_fn = None
@@ -98,7 +117,8 @@ class SupernetFunctions:
 
         The loss is the batch's summed cross-entropy times `loss_scale` (1/global batch, so
         that replicas' gradients add up to the global mean's). BN uses batch statistics;
-        `new_stats` are the moving averages after this batch (used by the real steps only).
+        `new_stats` are the moving averages after this batch (used by the real steps only):
+        the pass returns the batch statistics, averaged in here on the flat vector.
 
         The traced function returns all of it as one packed vector, unpacked here. Grappler
         specialises a function for each call site that leaves some outputs unused (the
@@ -120,7 +140,8 @@ class SupernetFunctions:
         sizes = [1, 1, tf.size(w), tf.size(h), *[tf.size(a) for a in alphas], tf.size(stats)]
         loss, correct, gw, gh, *rest = tf.split(packed, tf.stack(sizes), num=len(sizes))
         ga = [tf.cast(tf.reshape(g, tf.shape(a)), a.dtype) for g, a in zip(rest[:-1], alphas)]
-        return tf.reshape(loss, []), tf.reshape(correct, []), gw, gh, ga, rest[-1]
+        new_stats = ops_lib.moving_average(stats, rest[-1], self.stats_momentum)
+        return tf.reshape(loss, []), tf.reshape(correct, []), gw, gh, ga, new_stats
 
     def _packed_gradients(self, *args):
         loss, correct, gw, gh, ga, new_stats = self._gradients(*args)
@@ -131,7 +152,8 @@ class SupernetFunctions:
     def _gradients(self, w, h, stats, alphas, images, labels, loss_scale):
         with tf.GradientTape() as tape:
             tape.watch([w, h, alphas])
-            logits, new_stats = self._logits(w, h, stats, alphas, images, training=True)
+            with ops_lib.moving_statistics_deferred():  # `gradients` averages them in
+                logits, batch_stats = self._logits(w, h, stats, alphas, images, training=True)
             per_example = cross_entropy(logits, labels)
             loss = tf.reduce_sum(per_example) * loss_scale
         # An alpha no cell uses (e.g. alphas_normal with layers <= 2) gets a zero gradient.
@@ -139,7 +161,7 @@ class SupernetFunctions:
                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                                  tf.cast(labels, tf.int32)), tf.float32))
-        return loss, correct, gw, gh, ga, new_stats
+        return loss, correct, gw, gh, ga, batch_stats
 
     def evaluate(self, w, h, stats, alphas, images, labels):
         """(summed loss, correct count) in inference mode (BN moving statistics)."""

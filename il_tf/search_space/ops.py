@@ -80,10 +80,20 @@ class Composite(keras.layers.Layer):
         self.built = True
 
 
-_UPDATE_MOVING_STATISTICS = [True]
+# What training-mode BN does with its moving statistics (at trace time): "average" this
+# batch's statistics into them, leave them "frozen", or set them to the "batch" statistics.
+_MOVING_STATISTICS = ["average"]
 
 
 @contextlib.contextmanager
+def _moving_statistics(mode):
+    _MOVING_STATISTICS.append(mode)
+    try:
+        yield
+    finally:
+        _MOVING_STATISTICS.pop()
+
+
 def moving_statistics_frozen():
     """Within this context (at trace time) training-mode BN normalises with batch statistics
     but does not update its moving averages.
@@ -92,11 +102,24 @@ def moving_statistics_frozen():
     training steps: their statistics must not leak into the model, and leaving the update
     out saves a third of the forward graph's nodes.
     """
-    _UPDATE_MOVING_STATISTICS.append(False)
-    try:
-        yield
-    finally:
-        _UPDATE_MOVING_STATISTICS.pop()
+    return _moving_statistics("frozen")
+
+
+def moving_statistics_deferred():
+    """Within this context (at trace time) training-mode BN sets its moving statistics to
+    this batch's (mean, unbiased variance); the caller averages them in (`moving_average`).
+
+    The search's traced pass runs at a dozen points of weight space per iteration and only
+    the weight steps keep its statistics: averaging all of them at once, on the flat vector,
+    outside the pass, leaves 1,000 nodes (three per statistic) out of the pass's graph.
+    """
+    return _moving_statistics("batch")
+
+
+def moving_average(moving, batch, momentum):
+    """The moving statistics after one batch: PyTorch's running-stat update, with Keras's
+    momentum (the weight of the old value; PyTorch's momentum is 1 - this)."""
+    return moving - (moving - batch) * (1.0 - momentum)
 
 
 class BatchNorm(keras.layers.Layer):
@@ -134,10 +157,14 @@ class BatchNorm(keras.layers.Layer):
             y, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=scale, offset=offset, mean=empty, variance=empty,
                 epsilon=self.epsilon, is_training=True)
-            if _UPDATE_MOVING_STATISTICS[-1]:
-                rate = 1.0 - self.momentum
-                self.moving_mean.assign_sub((self.moving_mean - mean) * rate)
-                self.moving_variance.assign_sub((self.moving_variance - var) * rate)
+            mode = _MOVING_STATISTICS[-1]
+            if mode == "average":
+                self.moving_mean.assign(moving_average(self.moving_mean, mean, self.momentum))
+                self.moving_variance.assign(
+                    moving_average(self.moving_variance, var, self.momentum))
+            elif mode == "batch":
+                self.moving_mean.assign(mean)
+                self.moving_variance.assign(var)
             return y
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(
             x, scale, offset, mean=self.moving_mean, variance=self.moving_variance,
