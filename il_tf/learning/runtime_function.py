@@ -21,7 +21,7 @@ definition into a graph several times per call site when it prepares the calling
 pruning: the supernet's pass, called ten times by a 2-learner search step, came out of
 tracing with 18,000 nodes, 7,800 of them constants with only 324 distinct values; it is
 registered with 8,600. The calls also ask Grappler for one round of its optimisers, not two
-(`_grappler_config`).
+(`_one_grappler_round`).
 
 The registration and the registry clean-up use TF internals (`context.add_function_def`,
 `ops._gradient_registry`); setup.py pins TensorFlow's minor version, and
@@ -151,30 +151,19 @@ def simplify_function_def(definition: function_pb2.FunctionDef) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _grappler_config(config_proto: bytes, on_cpu: bool) -> bytes:
-    """The calling context's session config with Grappler's optimisers run once, not twice,
-    and on the CPU without the three that change nothing there.
+def _one_grappler_round(config_proto: bytes) -> bytes:
+    """The calling context's session config with Grappler's optimisers run once, not twice.
 
     The definitions registered here are already simplified (`simplify_function_def`); on
     the supernet's pass (C=8, 5 cells) Grappler's second round changed 46 of 7,395 nodes
-    for 2 s more start-up. On the CPU the layout optimiser (NHWC stays NHWC), the remapper
-    (no pattern it fuses) and the memory optimiser (no swapping without a GPU) left the
-    pass's 6,900 nodes as they were, for 1.6 s of its start-up; on a GPU all three run
-    (NCHW convolutions, fused ops, swapping under memory pressure).
+    for 2 s more start-up. (Turning off the layout, remapper and memory optimisers on the
+    CPU saved another 1.6 s there, but changed the quick search's results: they do rewrite
+    other passes.)
     """
     config = config_pb2.ConfigProto.FromString(config_proto)
-    rewrite = config.graph_options.rewrite_options
-    rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
-    if on_cpu:
-        rewrite.layout_optimizer = rewriter_config_pb2.RewriterConfig.OFF
-        rewrite.remapping = rewriter_config_pb2.RewriterConfig.OFF
-        rewrite.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+    config.graph_options.rewrite_options.meta_optimizer_iterations = (
+        rewriter_config_pb2.RewriterConfig.ONE)
     return config.SerializeToString(deterministic=True)
-
-
-@functools.lru_cache(maxsize=None)
-def _without_gpu() -> bool:
-    return not tf.config.list_logical_devices("GPU")
 
 
 class RuntimeFunction:
@@ -213,9 +202,8 @@ class RuntimeFunction:
         name, stateful, outputs = self._traced[key]
         call = tf.raw_ops.StatefulPartitionedCall if stateful else tf.raw_ops.PartitionedCall
         results = call(args=tf.nest.flatten(args), Tout=[o.dtype for o in outputs], f=name,
-                       config_proto=_grappler_config(
-                           context.context().function_call_options.config_proto_serialized,
-                           _without_gpu()))
+                       config_proto=_one_grappler_round(
+                           context.context().function_call_options.config_proto_serialized))
         for result, spec in zip(results, outputs):
             result.set_shape(spec.shape)
         return list(results)
