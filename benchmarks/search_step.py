@@ -65,7 +65,7 @@ def main(argv):
     batches = [([batch() for _ in range(opt.train_batches_per_learner)], batch())
                for _ in range(FLAGS.learners)]
 
-    @tf.function
+    @interleaving.step_function
     def iteration(batches):
         return strategy.run(opt.replica_iteration, args=(batches,))
 

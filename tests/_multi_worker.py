@@ -55,7 +55,7 @@ def main():
         y = np.tile(rng.randint(0, classes, size=(1, HALF)).astype(np.int32), [2, 1])
         return x, y
 
-    @tf.function
+    @interleaving.step_function
     def step(batches):
         return strategy.run(opt.replica_iteration, args=(batches,))
 

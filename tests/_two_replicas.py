@@ -70,7 +70,7 @@ def data():
 
 
 def iteration_fn(strategy, opt):
-    @tf.function
+    @interleaving.step_function
     def iteration(batches):
         if strategy.num_replicas_in_sync > 1:
             def split(t):

@@ -507,7 +507,7 @@ def test_one_learner_is_second_order_darts(make_opt):
     (learner,) = opt.learners
     strategy = tf.distribute.get_strategy()
 
-    @tf.function
+    @interleaving.step_function
     def iteration(batches):
         return strategy.run(opt.replica_iteration, args=(batches,))
 

@@ -124,7 +124,7 @@ def search(model_dir: str,
     train_its = [iter(stream(t, "search_train", k)) for k, t in enumerate(tasks)]
     val_its = [iter(stream(t, "search_val", k)) for k, t in enumerate(tasks)]
 
-    @tf.function
+    @interleaving.step_function
     def iteration():
         batches = [([next(tr) for _ in range(opt.train_batches_per_learner)], next(va))
                    for tr, va in zip(train_its, val_its)]
