@@ -20,14 +20,16 @@ definition into a graph several times per call site when it prepares the calling
 (XLA's EncapsulateSubgraphsPass, Grappler's function optimiser), before any of its own
 pruning: the supernet's pass, called ten times by a 2-learner search step, came out of
 tracing with 18,000 nodes, 7,800 of them constants with only 324 distinct values; it is
-registered with 8,600. The calls also ask Grappler for one round of its optimisers, not two
-(`_one_grappler_round`).
+registered with 8,600. The calls also ask Grappler for one round of its optimisers, not two,
+and no function optimiser (`_lean_grappler`).
 
 The registration and the registry clean-up use TF internals (`context.add_function_def`,
 `ops._gradient_registry`); setup.py pins TensorFlow's minor version, and
 tests/test_runtime_function.py checks that the graph is really released.
 """
 import collections
+import contextlib
+import copy
 import functools
 import gc
 import itertools
@@ -151,19 +153,44 @@ def simplify_function_def(definition: function_pb2.FunctionDef) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _one_grappler_round(config_proto: bytes) -> bytes:
-    """The calling context's session config with Grappler's optimisers run once, not twice.
+def _lean_grappler(config_proto: bytes) -> bytes:
+    """The calling context's session config with one round of Grappler's optimisers, not
+    two, and without its function optimiser.
 
     The definitions registered here are already simplified (`simplify_function_def`); on
     the supernet's pass (C=8, 5 cells) Grappler's second round changed 46 of 7,395 nodes
     for 2 s more start-up. (Turning off the layout, remapper and memory optimisers on the
     CPU saved another 1.6 s there, but changed the quick search's results: they do rewrite
-    other passes.)
+    other passes.) The function optimiser has nothing to do in a registered definition (it
+    calls no functions) nor at its call sites (`_noinline`, `_nospecialize`), yet in the
+    2-learner search step it spent 1.3-1.5 s per round converting the pass at each of its
+    ten call sites. `lean_grappler_calls` gives the calling step the same config.
     """
     config = config_pb2.ConfigProto.FromString(config_proto)
-    config.graph_options.rewrite_options.meta_optimizer_iterations = (
-        rewriter_config_pb2.RewriterConfig.ONE)
+    rewrite = config.graph_options.rewrite_options
+    rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
+    rewrite.function_optimization = rewriter_config_pb2.RewriterConfig.OFF
     return config.SerializeToString(deterministic=True)
+
+
+@contextlib.contextmanager
+def lean_grappler_calls():
+    """Functions called in this thread inside the block run with `_lean_grappler`'s config.
+
+    For a `tf.function` that calls `RuntimeFunction`s (the search step): it is optimised
+    the way its calls of them are, and they get the same config whether they were traced
+    inside the block or not.
+    """
+    ctx = context.context()
+    before = ctx.function_call_options
+    options = copy.copy(before)
+    options.config_proto_serialized = config_pb2.ConfigProto.FromString(
+        _lean_grappler(before.config_proto_serialized))
+    ctx.function_call_options = options
+    try:
+        yield
+    finally:
+        ctx.function_call_options = before
 
 
 class RuntimeFunction:
@@ -202,7 +229,7 @@ class RuntimeFunction:
         name, stateful, outputs = self._traced[key]
         call = tf.raw_ops.StatefulPartitionedCall if stateful else tf.raw_ops.PartitionedCall
         results = call(args=tf.nest.flatten(args), Tout=[o.dtype for o in outputs], f=name,
-                       config_proto=_one_grappler_round(
+                       config_proto=_lean_grappler(
                            context.context().function_call_options.config_proto_serialized))
         for result, spec in zip(results, outputs):
             result.set_shape(spec.shape)
