@@ -4,9 +4,10 @@ A `tf.function` keeps the Python `FuncGraph` it traced for as long as it lives: 
 `Operation` and `Tensor` object, and the C++ graph with its shape-inference state. For the
 supernet's gradient pass (18,600 nodes at C=8, 5 cells) that is about 140 MiB of a
 1.3 GiB search step, for a FunctionDef of 3 MiB that the runtime runs by itself. Worse, a
-`tf.custom_gradient` used while tracing (in a function of the user's; the supernet's
-recomputing backward pass records its gradient on the tape instead) registers a closure in TF's process-wide gradient registry that keeps the whole graph alive even
-after the function is gone (tensorflow/tensorflow#97697).
+`tf.custom_gradient` used while tracing (the supernet's recomputing backward pass records
+its gradient on the tape instead, but a user's function may) registers a closure in TF's
+process-wide gradient registry that keeps the whole graph alive even after the function is
+gone (tensorflow/tensorflow#97697).
 
 `RuntimeFunction` traces once per input signature, registers the FunctionDef with the eager
 context under a name of its own, lets the Python graph go, and calls the definition by name
