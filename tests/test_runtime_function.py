@@ -107,3 +107,24 @@ def test_simplify_merges_identical_nodes_drops_dead_ones_and_keeps_stateful_ones
     fn = runtime_function.RuntimeFunction(f, "test_simplify")
     a = tf.constant([1.0, -2.0, 0.5])
     np.testing.assert_allclose(fn(a)[0].numpy(), 2 * (2 * a.numpy() + 3), rtol=1e-6)
+
+
+def test_lean_grappler_calls_sets_the_passes_config_for_the_block_only():
+    """Inside the block, functions are called with the config the passes' calls carry (one
+    round, no function optimiser; no layout or memory optimiser without GPUs), so that the
+    search step and its calls of the pass are prepared alike; after it, the old config."""
+    from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow.core.protobuf import rewriter_config_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top
+    before = context.context().function_call_options.config_proto_serialized
+    with runtime_function.lean_grappler_calls():
+        inside = context.context().function_call_options.config_proto_serialized
+        x = tf.function(lambda a: a * 2.0, autograph=False)(tf.constant(3.0))  # still runs
+    assert float(x) == 6.0
+    assert context.context().function_call_options.config_proto_serialized == before
+    rewrite = config_pb2.ConfigProto.FromString(inside).graph_options.rewrite_options
+    off = rewriter_config_pb2.RewriterConfig.OFF
+    assert rewrite.meta_optimizer_iterations == rewriter_config_pb2.RewriterConfig.ONE
+    assert rewrite.function_optimization == off
+    assert (rewrite.layout_optimizer == off) == (not tf.config.list_logical_devices("GPU"))
+    assert inside == runtime_function._lean_grappler(before)  # pylint: disable=protected-access

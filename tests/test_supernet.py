@@ -234,6 +234,31 @@ def test_traced_pass_averages_the_bn_statistics_as_keras_layers_do():
     np.testing.assert_allclose(new_stats.numpy(), keras_stats.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_recompute_in_backward_matches_plain_gradients_and_refuses_variables():
+    """The recomputing backward pass gives the plain gradient for every argument (None for
+    one the output does not depend on), and refuses a forward that reads a variable (which
+    would get no gradient)."""
+    a = tf.constant([[1.0, -2.0], [0.5, 3.0]])
+    b = tf.constant([[0.3], [-0.7]])
+    unused = tf.constant([4.0])
+    f = lambda a, b, unused: (tf.tanh(a @ b), unused * 2.0)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([a, b, unused])
+        y, _ = supernet_lib.recompute_in_backward(f, a, b, unused)
+        plain = tf.tanh(a @ b)
+    got = tape.gradient(y, [a, b, unused])
+    want = tape.gradient(plain, [a, b])
+    for g, w in zip(got[:2], want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-6)
+    assert got[2] is None
+    v = tf.Variable([[1.0], [2.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(a)
+        y, = supernet_lib.recompute_in_backward(lambda x: (x @ v,), a)
+    with pytest.raises(ValueError, match="pass their values instead"):
+        tape.gradient(y, a)
+
+
 def test_recompute_disabled_allows_second_derivatives():
     """hessian="exact" differentiates the training loss twice (`training_loss` in nested
     tapes), which a recomputing backward pass does not support: there a recomputing
