@@ -15,15 +15,23 @@ from il_tf.models import supernet as supernet_lib
 from il_tf.search_space import ops as ops_lib
 
 
+@tf.custom_gradient
+def _square(a):
+    """a**2 by a custom gradient: in a graph, `tf.custom_gradient` registers its gradient in
+    TF's process-wide registry, whose entry would keep the traced graph alive."""
+    y = a * a
+    return y, lambda dy: dy * 2.0 * a
+
+
 def _loss_and_gradient(w, h, x):
-    """A function that computes its own gradient, through a custom gradient (as the
-    supernet's recomputing backward pass does) and a shared constant (as its BN layers
-    use), with a head `h` of any size."""
+    """A function that computes its own gradient, through the supernet's recomputing
+    backward pass, a `tf.custom_gradient` (a user's function may use one) and a shared
+    constant (as the BN layers use), with a head `h` of any size."""
     one = ops_lib._shared_constant(("test", 1), lambda: tf.constant(1.0))  # pylint: disable=protected-access
     with tf.GradientTape() as tape:
         tape.watch(w)
         y, = supernet_lib.recompute_in_backward(lambda a, b: (tf.tanh(a @ b),), x, w)
-        loss = tf.reduce_sum(y * tf.reduce_mean(h)) * one
+        loss = tf.reduce_sum(_square(y) * tf.reduce_mean(h)) * one
     return tf.concat([tf.reshape(loss, [1]), tf.reshape(tape.gradient(loss, w), [-1])], 0)
 
 
