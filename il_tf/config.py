@@ -3,18 +3,23 @@
 Library code never reads flags; the tools in `tools/` pass their `--gin_file` and
 `--gin_bindings` flags here (dopamine/trax style).
 """
+import collections.abc
+import inspect
 import os
 import pathlib
+import typing
 from typing import Optional, Sequence
 
 import gin
+
+from il_tf.errors import OneLineError
 
 # gin_configs/ at the repository root (an editable install) or beside the package.
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 GIN_CONFIG_DIRS = (_PACKAGE_DIR.parent / "gin_configs", _PACKAGE_DIR / "gin_configs")
 
 
-class ConfigError(ValueError):
+class ConfigError(OneLineError, ValueError):
     """A gin file or binding that cannot be used; its message is one line with the fix."""
 
 
@@ -66,3 +71,43 @@ def save_operative_config(model_dir: str) -> str:
         f.write(gin.operative_config_str())
     os.replace(tmp, path)
     return path
+
+
+def _fits(value, annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is inspect.Parameter.empty or annotation is typing.Any:
+        return True
+    if origin is typing.Union:
+        return any(_fits(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool):
+        return isinstance(value, annotation)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, (list, tuple))
+    return True  # Classes and callables: checked where they are used.
+
+
+def check_arguments(function, values: dict, name: str) -> None:
+    """Raises a one-line `ConfigError` for an argument whose type is not its annotation's.
+
+    `name` is the configurable's gin name (e.g. "il_tf.search"), for the message.
+
+    Gin passes bound values through unchecked, so `il_tf.search.epochs = 'two'` would fail
+    deep inside a run; roots check their arguments first.
+    """
+    signature = inspect.signature(inspect.unwrap(function))
+    hints = typing.get_type_hints(inspect.unwrap(function))
+    for parameter in signature.parameters.values():
+        if parameter.name not in values or parameter.name not in hints:
+            continue
+        value = values[parameter.name]
+        if not _fits(value, hints[parameter.name]):
+            expected = getattr(hints[parameter.name], "__name__", None) or str(
+                hints[parameter.name]).replace("typing.", "")
+            raise ConfigError(f"{name}.{parameter.name} = {value!r} is not a valid value "
+                              f"(expected {expected}); fix the gin binding or file.")

@@ -32,9 +32,12 @@ def get_strategy(kind: str = "auto"):
     raise ValueError(f"unknown strategy {kind!r}; use auto, default, mirrored or multi_worker.")
 
 
-def dataset(strategy, task, role, global_batch_size, *, training, seed=0, cutout=0):
+def dataset(strategy, task, role, global_batch_size, *, training, seed=0, cutout=0,
+            skip_batches=0):
     """A task's stream for `strategy`: a plain dataset on one replica, else distributed."""
     if strategy.num_replicas_in_sync == 1 and getattr(strategy.extended, "_num_workers", 1) <= 1:
-        return task.dataset(role, global_batch_size, training=training, seed=seed, cutout=cutout)
+        return task.dataset(role, global_batch_size, training=training, seed=seed, cutout=cutout,
+                            skip_batches=skip_batches)
     return tasks_lib.distribute_dataset(strategy, task, role, global_batch_size,
-                                        training=training, seed=seed, cutout=cutout)
+                                        training=training, seed=seed, cutout=cutout,
+                                        skip_batches=skip_batches)

@@ -29,3 +29,19 @@ class CheckpointError(OneLineError, RuntimeError):
 
 class TrainingDivergedError(OneLineError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class RunDirError(OneLineError, RuntimeError):
+    """A run directory that cannot be used: a file, unwritable, or held by another run."""
+
+
+class RunInterrupted(OneLineError, RuntimeError):
+    """SIGINT or SIGTERM stopped a run at a step boundary after saving a checkpoint.
+
+    Attributes:
+      signal_number: the signal received; tools exit with 128 + it (130, 143).
+    """
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number

@@ -143,7 +143,7 @@ def test_drop_path_changes_training_outputs_not_inference():
 
 def test_drop_path_statistics():
     x = tf.ones([20000, 1, 1, 1])
-    y = net.drop_path(x, tf.constant(0.25)).numpy().ravel()
+    y = net.drop_path(x, tf.constant(0.25), tf.constant([0, 7], tf.int64)).numpy().ravel()
     assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.75)}
     assert abs((y == 0).mean() - 0.25) < 0.02
     assert abs(y.mean() - 1.0) < 0.03

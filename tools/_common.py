@@ -14,13 +14,13 @@ A tool is a thin absl program (dopamine/trax style):
         _common.run(main)
 
 Flags: `--gin_file` (repeatable; a bare name is looked up in gin_configs/), `--gin_bindings`
-(repeatable), `--model_dir` (where everything of the run lives). `run` prints the one-line
-message of a user-facing error (bad config, missing data or genotype, unreadable checkpoint,
-diverged training) to stderr and exits with status 1 instead of a traceback.
+(repeatable), `--model_dir` (where everything of the run lives). `run` prints one line for
+any error and exits non-zero instead of a traceback (`IL_TF_VERBOSE=1` shows it).
 """
 import os
+import shlex
 import sys
-from typing import Callable, Optional, Sequence, Tuple, Type
+from typing import Callable, Optional, Sequence
 
 # Runnable as `python tools/x.py` from anywhere: put the repository root on the path.
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,21 +79,34 @@ def parse_gin(extra_files: Sequence[str] = (), extra_bindings: Sequence[str] = (
                  list(extra_bindings) + list(FLAGS.gin_bindings), imports=imports)
 
 
-def user_errors() -> Tuple[Type[BaseException], ...]:
-    """The errors whose message is meant for the user (one line, with the fix)."""
-    from il_tf.data.errors import DatasetUnavailableError  # pylint: disable=g-import-not-at-top
-    from il_tf.search_space.genotypes import GenotypeError  # pylint: disable=g-import-not-at-top
-    from il_tf.training.errors import CheckpointError, TrainingDivergedError  # pylint: disable=g-import-not-at-top
-    return (config.ConfigError, DatasetUnavailableError, GenotypeError, CheckpointError,
-            TrainingDivergedError)
+VERBOSE_ENV = "IL_TF_VERBOSE"
 
 
-def fail(message: str) -> None:
-    """Prints `error: <message>` (first line only) to stderr and exits with status 1."""
+def fail(message: str, status: int = 1) -> None:
+    """Prints `error: <message>` (its first line) to stderr and exits with `status`."""
     lines = [l.strip() for l in str(message).splitlines() if l.strip()]
     sys.stderr.write(f"error: {lines[0] if lines else message}\n")
     sys.stderr.flush()
-    sys.exit(1)
+    sys.exit(status)
+
+
+def _message(error: BaseException) -> str:
+    """The user's line for an error: il_tf's own errors are written for users; any other is
+    named by its type and first line, with where to find the whole traceback."""
+    from il_tf.errors import OneLineError  # pylint: disable=g-import-not-at-top
+    if isinstance(error, (OneLineError, config.ConfigError)):
+        return str(error)
+    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+    first = lines[0] if lines else ""
+    if isinstance(error, (ValueError, TypeError)) and first:
+        return f"{first} (set {VERBOSE_ENV}=1 for the traceback)"
+    return (f"{type(error).__name__}: {first} (an unexpected error; run again with "
+            f"{VERBOSE_ENV}=1 for the traceback to report it)")
+
+
+def resume_command() -> str:
+    """The command line that started this process (the one that resumes its run)."""
+    return " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv)
 
 
 def _quiet_libraries(record) -> bool:
@@ -102,22 +115,30 @@ def _quiet_libraries(record) -> bool:
         "tensorflow_datasets" not in record.pathname and "/tensorflow/" not in record.pathname)
 
 
-def run(main: Callable[[Sequence[str]], None],
-        extra_errors: Sequence[Type[BaseException]] = ()) -> None:
-    """`app.run(main)`, turning user-facing errors into one line on stderr and exit status 1.
+def run(main: Callable[[Sequence[str]], None]) -> None:
+    """`app.run(main)`, with one line on stderr and a non-zero exit for every error.
 
-    Args:
-      main: the tool's main(argv).
-      extra_errors: further exception types to report this way.
+    il_tf's errors (a bad config, missing data or genotype, an unreadable checkpoint, a busy
+    run directory, divergence) are one line with the fix; any other error is its type and
+    first line. `IL_TF_VERBOSE=1` re-raises instead, for the whole traceback. SIGINT and
+    SIGTERM exit with 130 and 143 after the run loop saved a checkpoint, naming the command
+    that resumes.
     """
-    errors = user_errors() + tuple(extra_errors)
+    from il_tf.errors import RunInterrupted  # pylint: disable=g-import-not-at-top
 
     def wrapped(argv):
         logging.set_verbosity(logging.INFO)
         logging.get_absl_handler().addFilter(_quiet_libraries)
         try:
             main(argv)
-        except errors as error:  # pylint: disable=catching-non-exception
-            fail(str(error))
+        except RunInterrupted as error:
+            fail(f"{error}; resume with: {resume_command()}", 128 + error.signal_number)
+        except KeyboardInterrupt:
+            fail("interrupted before a checkpoint could be saved; run the same command "
+                 "again to resume from the last one.", 130)
+        except Exception as error:  # pylint: disable=broad-except
+            if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+                raise
+            fail(_message(error))
 
     app.run(wrapped)

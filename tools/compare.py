@@ -125,4 +125,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _common.run(main, extra_errors=(RunReadError,))
+    _common.run(main)

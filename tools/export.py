@@ -49,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _common.run(main, extra_errors=(export.ExportError,))
+    _common.run(main)

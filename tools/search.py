@@ -4,9 +4,9 @@
     python tools/search.py --gin_file=cifar10.gin --model_dir=runs/il_c10
     python tools/search.py --gin_file=darts.gin --gin_bindings='il_tf.search.epochs = 2'
 
-Writes config.gin, checkpoints/, tb/, metrics.jsonl, genotype.json (every epoch),
-genotype_best.json (lowest summed validation loss) and cells/ into --model_dir. Restarting
-the same command resumes from the latest checkpoint.
+Writes config.gin, checkpoints/, tensorboard/, metrics.jsonl, genotype.json (every epoch),
+genotype_best.json (lowest summed validation loss), the alphas' course and cells/ into
+--model_dir. Restarting the same command resumes exactly where the run stopped.
 """
 import os
 import sys
@@ -27,9 +27,7 @@ def main(argv):
     _common.parse_gin(imports=["il_tf.learning.search"])
     config = os.path.splitext(os.path.basename(_common.gin_files()[-1]))[0]
     model_dir = FLAGS.model_dir or os.path.join("runs", f"search-{config}")
-    record = search.search(model_dir)
-    print(f"{model_dir}: genotype.json after epoch {record.get('epoch')}, summed val loss "
-          f"{record.get('val_loss_sum', float('nan')):.4f}; best in genotype_best.json")
+    search.search(model_dir)  # Prints progress and, at the end, what it found.
 
 
 if __name__ == "__main__":

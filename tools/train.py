@@ -39,12 +39,7 @@ def main(argv):
     bindings = [f"il_tf.training.train.genotype = {FLAGS.genotype!r}"] if FLAGS.genotype else []
     _common.parse_gin(extra_bindings=bindings, imports=["il_tf.training"])
     model_dir = FLAGS.model_dir or _default_model_dir()
-    result = training.train(model_dir)
-    if "test_error" in result:
-        print(f"{model_dir}: test error {100 * result['test_error']:.2f}% "
-              f"(accuracy {100 * result['test_accuracy']:.2f}%) after epoch "
-              f"{result.get('epoch')}"
-              + (f", {result['params']} params" if "params" in result else ""))
+    training.train(model_dir)  # Prints progress and, at the end, the test error.
 
 
 if __name__ == "__main__":

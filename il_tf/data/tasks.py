@@ -202,6 +202,7 @@ class Task:
         seed: int = 0,
         input_context: Optional[tf.distribute.InputContext] = None,
         cutout: int = 0,
+        skip_batches: int = 0,
     ) -> tf.data.Dataset:
         """Batches of (float32 NHWC normalised images, int32 labels).
 
@@ -216,6 +217,8 @@ class Task:
           input_context: from `distribute_datasets_from_function`; shards the examples by
             input pipeline.
           cutout: DARTS cutout length in pixels (training only; 16 for CIFAR retraining).
+          skip_batches: training only: start after this many batches of the stream, which
+            are left unaugmented (a resumed run continues its stream exactly).
         """
         pre = self.preprocessing
         split = self._split(role)
@@ -245,7 +248,8 @@ class Task:
                 image = prep.cutout(image, cutout, keys[1])
             return image, label
 
-        dataset = dataset.enumerate().map(augment, num_parallel_calls=AUTOTUNE)
+        dataset = dataset.enumerate().skip(skip_batches * batch_size)
+        dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE)
         return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
@@ -258,6 +262,7 @@ def distribute_dataset(
     training: bool,
     seed: int = 0,
     cutout: int = 0,
+    skip_batches: int = 0,
 ) -> tf.distribute.DistributedDataset:
     """A task's stream split over a strategy's replicas, one input pipeline per worker.
 
@@ -268,7 +273,8 @@ def distribute_dataset(
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         batch = input_context.get_per_replica_batch_size(global_batch_size)
         return task.dataset(
-            role, batch, training=training, seed=seed, input_context=input_context, cutout=cutout
+            role, batch, training=training, seed=seed, input_context=input_context, cutout=cutout,
+            skip_batches=skip_batches,
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)

@@ -27,10 +27,10 @@ from il_tf.errors import OneLineError
 from il_tf.export import serving
 from il_tf.models import network as network_lib
 from il_tf.search_space.genotypes import Genotype, get_genotype
-from il_tf.training import checkpoints
+from il_tf.runs import checkpoints
+from il_tf.runs import metrics as run_metrics
 from il_tf.training import loop
-from il_tf.training import reporting
-from il_tf.training.errors import CheckpointError
+from il_tf.errors import CheckpointError
 from il_tf.version import __version__
 
 METADATA_FILE = "il_tf_metadata.json"
@@ -49,8 +49,9 @@ class RestoredRun:
     task: data.Task
     genotype: Genotype
     checkpoint: str
-    epoch: int
-    step_in_epoch: int
+    step: int
+    #: The epoch the checkpoint ends (None for a checkpoint inside an epoch).
+    epoch: Optional[int]
 
 
 def restore(model_dir: str, checkpoint: Optional[str] = None) -> RestoredRun:
@@ -76,18 +77,17 @@ def restore(model_dir: str, checkpoint: Optional[str] = None) -> RestoredRun:
         model = loop.network(genotype, task.num_classes)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
     try:
-        checkpoints.read(checkpoints.model_checkpoint(model, epoch=epoch, step_in_epoch=step),
-                         path, partial=True)
+        checkpoints.read(checkpoints.model_checkpoint(model), path, partial=True)
+        step = checkpoints.saved_step(path)
     except (IndexError, OSError) as error:
         # TF 2.21's reader raises IndexError on a truncated data file, which `read` lets
         # through; reported in the same words as the corruption it does catch.
         raise CheckpointError(f"checkpoint {path} cannot be read, it is corrupt or incomplete "
                               f"({type(error).__name__}: {error}); pass --checkpoint=<an "
                               f"earlier ckpt-N> or retrain.") from None
-    return RestoredRun(model, task, genotype, path, int(epoch.numpy()), int(step.numpy()))
+    record = run_metrics.record_at_step(model_dir, step)
+    return RestoredRun(model, task, genotype, path, step, record["epoch"] if record else None)
 
 
 def model_name_of(task_name: str) -> str:
@@ -106,18 +106,19 @@ def versions(model_base: str) -> Tuple[int, ...]:
 def _test_result(model_dir: str, restored: RestoredRun) -> Dict[str, Any]:
     """The checkpoint's test accuracy from the run's metrics (end-of-epoch checkpoints only:
     a checkpoint inside an epoch was never evaluated)."""
-    if restored.step_in_epoch != 0:
+    if restored.epoch is None:
         return {"test_accuracy": None, "test_error": None,
-                "test_source": f"none: the checkpoint is inside epoch {restored.epoch + 1}"}
-    for record in reversed(reporting.read_metrics(model_dir)):
+                "test_source": f"none: the checkpoint (step {restored.step}) is inside an "
+                               f"epoch or its epoch is not in {run_metrics.METRICS_FILE}"}
+    for record in reversed(run_metrics.read_metrics(model_dir)):
         if record.get("epoch") == restored.epoch and "test_accuracy" in record:
             result = {k: record[k] for k in ("test_accuracy", "test_error",
                                               "test_top5_accuracy") if k in record}
-            result["test_source"] = (f"{reporting.METRICS_FILE}, epoch {restored.epoch} "
+            result["test_source"] = (f"{run_metrics.METRICS_FILE}, epoch {restored.epoch} "
                                      f"(the last epoch's test error is results.json's)")
             return result
     return {"test_accuracy": None, "test_error": None,
-            "test_source": f"none: epoch {restored.epoch} is not in {reporting.METRICS_FILE}"}
+            "test_source": f"none: epoch {restored.epoch} is not in {run_metrics.METRICS_FILE}"}
 
 
 def metadata(model_dir: str, restored: RestoredRun, module: serving.ServingModule,
@@ -149,7 +150,7 @@ def metadata(model_dir: str, restored: RestoredRun, module: serving.ServingModul
         "run_dir": os.path.abspath(model_dir),
         "checkpoint": os.path.basename(restored.checkpoint),
         "epoch": restored.epoch,
-        "step_in_epoch": restored.step_in_epoch,
+        "step": restored.step,
         "dataset": task.name,
         "num_classes": task.num_classes,
         "class_names": list(task.class_names) if task.class_names else None,

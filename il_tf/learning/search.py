@@ -1,14 +1,26 @@
-"""The search root that `tools/search.py` calls: data, supernet, optimiser, loop, outputs.
+"""The search root that `tools/search.py` calls: the search as a program of the run loop.
 
-A run directory holds config.gin, checkpoints/ (everything needed to resume), TensorBoard
-events (tb/), genotype.json after every epoch, genotype_best.json at the lowest summed
-validation loss (PAPER.md's model selection), metrics.jsonl and the final cells' pictures.
-A killed run restarted with the same command continues from its last checkpoint.
+`search()` builds the data, the supernet and the interleaving optimiser and hands
+`SearchProgram` to `il_tf.runs.RunLoop`, which owns the run directory, checkpoints,
+resume, metrics, progress and signals. What is the search's own:
+
+- each iteration (`InterleavingOptimizer.replica_iteration`) reads its learners' batches
+  from streams rebuilt every epoch from (seed, learner, role, epoch), skipping the
+  iterations a resumed epoch already did, so a resumed run reads exactly the batches an
+  uninterrupted one reads;
+- at each epoch's end (PAPER.md's model selection) each learner's mean validation loss over
+  its whole D_k^val in inference mode; `genotype.json` is the epoch's genotype and
+  `genotype_best.json` the one at the lowest summed validation loss;
+- the run directory also gets the alphas' course (`alphas.png`/`.svg`, every epoch) and
+  the final genotype's cells (`cells/`).
+
+metrics.jsonl records: `epoch`, `step` (iterations done), `learners`, `train_loss`,
+`train_acc`, `val_loss`, `val_acc` (one entry per learner), `val_loss_sum`, `best`,
+`alpha_entropy_normal`, `alpha_entropy_reduce`, `alphas` (raw, per cell type: edges x ops),
+`genotype`, `seconds`, `images_per_second`. Epoch 0 holds the validation before any step.
 """
-import json
 import os
-import time
-from typing import Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import gin
 import keras
@@ -18,12 +30,12 @@ import tensorflow as tf
 from il_tf import config as config_lib
 from il_tf import distribute
 from il_tf.data import tasks as tasks_lib
+from il_tf.errors import TrainingDivergedError
 from il_tf.learning import interleaving
 from il_tf.learning import strategies
 from il_tf.models import supernet as supernet_lib
+from il_tf import runs
 from il_tf.search_space import genotypes
-from il_tf.training import checkpoints
-from il_tf.errors import TrainingDivergedError
 
 
 class SearchDivergedError(TrainingDivergedError):
@@ -43,7 +55,7 @@ def alpha_entropy(alphas: np.ndarray) -> float:
 def _softmax_image(alphas: np.ndarray) -> np.ndarray:
     p = genotypes.softmax(alphas)
     img = np.kron(p / max(p.max(), 1e-12), np.ones((8, 8)))  # 8x8 pixels per entry
-    return img[None, :, :, None].astype(np.float32)
+    return img[:, :, None].astype(np.float32)
 
 
 @gin.configurable("search", module="il_tf", denylist=["model_dir"])
@@ -60,13 +72,15 @@ def search(model_dir: str,
            max_eval_batches: Optional[int] = None,
            seed: int = 0,
            checkpoint_every_steps: int = 200,
+           keep_checkpoints: int = 3,
            draw_cells: bool = True,
-           verbose: int = 1,
+           verbose: Optional[int] = None,
+           log_every_steps: int = 50,
            fail_on_step: Optional[int] = None) -> dict:
     """Runs an interleaving-learning (K >= 2) or DARTS (K = 1) architecture search.
 
     Args:
-      model_dir: the run directory (created; reused to resume).
+      model_dir: the run directory (created; the same command resumes a run in it).
       tasks: the learners' tasks in interleaving order (`il_tf.data` tasks); default: the
         offline digits split into two learners (digits 0-4, 5-9).
       batch_size: global batch per task per iteration (PAPER.md: 64).
@@ -75,183 +89,245 @@ def search(model_dir: str,
       partial_channels: PC-DARTS's k (1 = off).
       recompute: what the backward pass recomputes instead of keeping: "edges" (each group
         of edges keeps only its inputs: at the paper's size 44% less peak memory than "ops"
-        at the same speed, measured), "ops" (each mixed op's conv ops), "cells" (each cell)
-        or "none"; see `Supernet`.
+        at the same speed), "ops" (each mixed op's conv ops), "cells" (each cell) or
+        "none"; see `Supernet`.
       max_steps_per_epoch: caps iterations per epoch (quick runs); default the epoch of the
         smallest learner's search-train split.
       eval_batch_size, max_eval_batches: epoch-end validation (inference mode) batching.
       seed: seeds the alphas, weights and data order.
       checkpoint_every_steps: a checkpoint also every this many iterations (and each epoch).
+      keep_checkpoints: how many checkpoints are kept.
       draw_cells: draw the final genotype's cells (PNG, SVG).
-      verbose: 1 = progress bar, 0 = one line per epoch.
+      verbose: 1 = a progress bar, 0 = plain lines; None decides from the terminal.
+      log_every_steps: without a progress bar, a line every this many iterations.
       fail_on_step: testing aid: make the loss NaN at this iteration.
     Returns:
-      The last epoch's metrics record.
+      The result: the last epoch's metrics record, plus `best_epoch` and `best_val_loss_sum`.
     """
-    os.makedirs(model_dir, exist_ok=True)
+    config_lib.check_arguments(search, locals(), "il_tf.search")
     tasks = list(tasks) if tasks else _default_tasks()
-    for task in tasks:
-        task.prepare()
     strategy = distribute.get_strategy()
-    keras.utils.set_random_seed(seed)
-    image_shape = tasks[0].image_shape
-    steps_per_epoch = min(t.num_examples("search_train") // batch_size for t in tasks)
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {batch_size} is larger than a learner's search-train "
-                         "split; lower il_tf.search.batch_size.")
-    if max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
+    with runs.RunDir(model_dir, chief=runs.is_chief(strategy)) as run_dir:
+        for task in tasks:
+            task.prepare()
+        program = SearchProgram(
+            run_dir, tasks, strategy, batch_size=batch_size, epochs=epochs, channels=channels,
+            layers=layers, partial_channels=partial_channels, recompute=recompute,
+            max_steps_per_epoch=max_steps_per_epoch, eval_batch_size=eval_batch_size,
+            max_eval_batches=max_eval_batches, seed=seed, draw_cells=draw_cells,
+            fail_on_step=fail_on_step)
+        progress = runs.Progress(program.steps_per_epoch, epochs,
+                                 interactive=None if verbose is None else bool(verbose),
+                                 log_every_steps=log_every_steps)
+        return runs.RunLoop(run_dir, program, strategy,
+                            checkpoint_every_steps=checkpoint_every_steps,
+                            keep_checkpoints=keep_checkpoints, progress=progress).run()
 
-    with strategy.scope():
-        supernet = supernet_lib.Supernet(channels, layers, partial_channels=partial_channels,
-                                         recompute=recompute, seed=seed,
-                                         name="supernet")
-        supernet_lib.build(supernet, image_shape)
-        opt = interleaving.InterleavingOptimizer(
-            supernet, [t.num_classes for t in tasks], strategy, steps_per_epoch, epochs=epochs)
-        best_val = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name="best_val",
-                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    checkpoint = tf.train.Checkpoint(optimizer=opt, best_val=best_val)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
-                                         max_to_keep=3)
-    _restore(checkpoint, manager)
-    start = int(opt.iteration.numpy())
 
-    # Streams are seeded by the resume point so a restarted run does not replay its batches.
-    def stream(task, role, k):
-        return distribute.dataset(strategy, task, role, batch_size, training=True,
-                                  seed=seed + 1000 * k + start + (role == "search_val") * 7)
-    train_its = [iter(stream(t, "search_train", k)) for k, t in enumerate(tasks)]
-    val_its = [iter(stream(t, "search_val", k)) for k, t in enumerate(tasks)]
+class SearchProgram(runs.Program):
+    """The search as the run loop's program (see the module docstring)."""
 
-    @interleaving.step_function
-    def iteration():
-        batches = [([next(tr) for _ in range(opt.train_batches_per_learner)], next(va))
-                   for tr, va in zip(train_its, val_its)]
-        out = strategy.run(opt.replica_iteration, args=(batches,))
-        return {k: strategy.experimental_local_results(v)[0] for k, v in out.items()}
+    def __init__(self, run_dir: runs.RunDir, tasks: Sequence, strategy, *, batch_size: int,
+                 epochs: int, channels: int, layers: int, partial_channels: int,
+                 recompute: str, max_steps_per_epoch: Optional[int], eval_batch_size: int,
+                 max_eval_batches: Optional[int], seed: int, draw_cells: bool,
+                 fail_on_step: Optional[int]):
+        self.run_dir, self.tasks, self.strategy = run_dir, list(tasks), strategy
+        self.batch_size, self.epochs, self.seed = batch_size, epochs, seed
+        self.eval_batch_size, self.max_eval_batches = eval_batch_size, max_eval_batches
+        self.draw_cells, self.fail_on_step = draw_cells, fail_on_step
+        steps = min(t.num_examples("search_train") // batch_size for t in self.tasks)
+        if steps < 1:
+            raise ValueError(f"batch_size {batch_size} is larger than a learner's "
+                             "search-train split; lower il_tf.search.batch_size.")
+        self.steps_per_epoch = min(steps, max_steps_per_epoch or steps)
+        k = len(self.tasks)
+        self.stats = ([f"train_loss_sum/{i}" for i in range(k)]
+                      + [f"train_correct/{i}" for i in range(k)]
+                      + [f"train_count/{i}" for i in range(k)])
+        keras.utils.set_random_seed(seed)
+        with strategy.scope():
+            supernet = supernet_lib.Supernet(channels, layers, partial_channels=partial_channels,
+                                             recompute=recompute, seed=seed, name="supernet")
+            supernet_lib.build(supernet, self.tasks[0].image_shape)
+            self.opt = interleaving.InterleavingOptimizer(
+                supernet, [t.num_classes for t in self.tasks], strategy, self.steps_per_epoch,
+                epochs=epochs)
+            # The largest float32, not inf: a checkpoint holds finite values only.
+            self.best_val = tf.Variable(np.finfo(np.float32).max, dtype=tf.float32,
+                                        trainable=False,
+                                        name="best_val",
+                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self._streams = None
 
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb"))
-    metrics_path = os.path.join(model_dir, "metrics.jsonl")
-    record = {}
-    if start and os.path.exists(metrics_path):  # Forget epochs after the restored checkpoint.
-        with open(metrics_path) as f:
-            kept = [l for l in f if l.strip() and json.loads(l)["iteration"] <= start]
-        with open(metrics_path, "w") as f:
-            f.writelines(kept)
-    if start == 0:  # Epoch 0: the learners' validation losses before any search step.
-        val = [_evaluate(opt, k, t, eval_batch_size, max_eval_batches) for k, t in enumerate(tasks)]
-        with open(metrics_path, "w") as f:
-            f.write(json.dumps({"epoch": 0, "iteration": 0, "learners": [t.name for t in tasks],
-                                "val_loss": [v[0] for v in val],
-                                "val_acc": [v[1] for v in val]}) + "\n")
-    wrote_config = False
-    for epoch in range(start // steps_per_epoch, epochs):
-        first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
-        bar = keras.utils.Progbar(steps_per_epoch, verbose=verbose,
-                                  stateful_metrics=["img/s"] + [f"loss_{k}" for k in range(len(tasks))])
-        if verbose:
-            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
-        sums = np.zeros((3, len(tasks)))  # train loss, correct, count
-        t0, images = time.time(), 0
-        for step in range(first, steps_per_epoch):
-            it = epoch * steps_per_epoch + step
-            out = {k: v.numpy() for k, v in iteration().items()}
-            if fail_on_step is not None and it == fail_on_step:
+        @interleaving.step_function
+        def iteration(train_its, val_its):
+            batches = [([next(tr) for _ in range(self.opt.train_batches_per_learner)], next(va))
+                       for tr, va in zip(train_its, val_its)]
+            out = strategy.run(self.opt.replica_iteration, args=(batches,))
+            return {key: strategy.experimental_local_results(v)[0] for key, v in out.items()}
+        self._iteration = iteration
+
+    def checkpoint_objects(self):
+        return {"optimizer": self.opt, "best_val": self.best_val}
+
+    # ------------------------------------------------------------------ data
+    def _stream(self, k: int, role: str, epoch: int, skip: int):
+        # One stream per (learner, role, epoch): a resumed epoch rebuilds it and skips what
+        # was read, so every batch is a function of (seed, learner, role, epoch, step).
+        seed = ((self.seed * 1009 + k) * 2 + (role == "search_val")) * 100_003 + epoch
+        return iter(distribute.dataset(self.strategy, self.tasks[k], role, self.batch_size,
+                                       training=True, seed=seed, skip_batches=skip))
+
+    def start_epoch(self, epoch: int, step: int) -> None:
+        per_step = self.opt.train_batches_per_learner
+        self._streams = (
+            [self._stream(k, "search_train", epoch, step * per_step)
+             for k in range(len(self.tasks))],
+            [self._stream(k, "search_val", epoch, step) for k in range(len(self.tasks))])
+
+    def images_per_step(self) -> int:
+        return 2 * self.batch_size * len(self.tasks)  # a train and a val batch per learner
+
+    # ------------------------------------------------------------------ steps
+    def run_steps(self, step: int, count: int) -> np.ndarray:
+        sums = np.zeros(len(self.stats))
+        for it in range(step, step + count):
+            out = {key: v.numpy() for key, v in self._iteration(*self._streams).items()}
+            if self.fail_on_step is not None and it == self.fail_on_step:
                 out["train_loss"][-1] = np.nan
-            _check_finite(out, tasks, it, epoch, manager)
-            sums += np.stack([out["train_loss"], out["train_correct"], out["train_count"]])
-            images += int(out["train_count"].sum()) * 2  # train + val images per iteration
-            if not wrote_config:
-                config_lib.save_operative_config(model_dir)
-                wrote_config = True
-            if verbose:
-                bar.update(step + 1, [(f"loss_{k}", float(l)) for k, l in
-                                      enumerate(out["train_loss"])]
-                           + [("img/s", images / max(time.time() - t0, 1e-9))])
-            if (it + 1) % checkpoint_every_steps == 0 and step + 1 < steps_per_epoch:
-                manager.save(checkpoint_number=it + 1)
-        done = max(steps_per_epoch - first, 1)
-        # Model selection (PAPER.md step 3): each learner's mean validation loss over its whole
-        # D_k^val in inference mode; the genotype at the lowest sum is kept.
-        val = [_evaluate(opt, k, t, eval_batch_size, max_eval_batches) for k, t in enumerate(tasks)]
-        a_n, a_r, b_n, b_r = opt.numpy_alphas()
+            self._check_finite(out, it)
+            sums += np.concatenate([out["train_loss"] * out["train_count"],
+                                    out["train_correct"], out["train_count"]])
+        return sums
+
+    def _check_finite(self, out, iteration: int) -> None:
+        for key, stage in (("search_val_loss", "architecture step"),
+                           ("train_loss", "weight stage")):
+            bad = np.flatnonzero(~np.isfinite(out[key]))
+            if bad.size:
+                k = int(bad[0])
+                raise SearchDivergedError(
+                    f"non-finite loss for learner {k + 1} ({self.tasks[k].name}) in its "
+                    f"{stage} at iteration {iteration} (epoch "
+                    f"{iteration // self.steps_per_epoch + 1})")
+
+    def divergence_hint(self) -> str:
+        lr = self.opt.weight_lr / 2
+        return (f"lower the weights' learning rate, e.g. --gin_bindings="
+                f"'il_tf.learning.InterleavingOptimizer.weight_lr = {lr:g}' (or arch_lr)")
+
+    def _split(self, totals: np.ndarray):
+        k = len(self.tasks)
+        loss, correct, count = totals[:k], totals[k:2 * k], np.maximum(totals[2 * k:], 1)
+        return loss / count, correct / count
+
+    def progress_values(self, totals, images_per_second) -> Dict:
+        loss, _ = self._split(totals)
+        values = {f"loss_{t.name}": float(l) for t, l in zip(self.tasks, loss)}
+        values["img/s"] = round(images_per_second)
+        return values
+
+    # ------------------------------------------------------------------ epochs
+    def _evaluate(self, k: int):
+        total = correct = count = 0.0
+        ds = self.tasks[k].dataset("search_val", self.eval_batch_size, training=False)
+        if self.max_eval_batches:
+            ds = ds.take(self.max_eval_batches)
+        for x, y in ds:
+            loss, c = self.opt.evaluate_batch(self.opt.learners[k], x, y)
+            total += float(loss)
+            correct += float(c)
+            count += int(y.shape[0])
+        return total / max(count, 1), correct / max(count, 1)
+
+    def _validation(self) -> Dict:
+        val = [self._evaluate(k) for k in range(len(self.tasks))]
+        a_n, a_r, _, _ = self.opt.numpy_alphas()
+        return {"learners": [t.name for t in self.tasks],
+                "val_loss": [v[0] for v in val], "val_acc": [v[1] for v in val],
+                "alpha_entropy_normal": alpha_entropy(a_n),
+                "alpha_entropy_reduce": alpha_entropy(a_r),
+                "alphas": {"normal": a_n.tolist(), "reduce": a_r.tolist()}}
+
+    def initial_record(self) -> Dict:
+        return self._validation()
+
+    def end_epoch(self, epoch: int, totals: np.ndarray) -> Dict:
+        train_loss, train_acc = self._split(totals)
+        record = {"train_loss": train_loss.tolist(), "train_acc": train_acc.tolist(),
+                  **self._validation()}
+        a_n, a_r, b_n, b_r = self.opt.numpy_alphas()
         genotype = genotypes.derive_genotype(a_n, a_r, betas_normal=b_n, betas_reduce=b_r)
-        genotype.save(os.path.join(model_dir, "genotype.json"))
         # The learners whose losses the architecture serves (all but under `single`).
-        used = strategies.hypergradient_learners(opt.learning_strategy, len(tasks))
-        summed = float(sum(val[k][0] for k in used))
-        is_best = summed < float(best_val.numpy())
-        if is_best:
-            best_val.assign(summed)
-            genotype.save(os.path.join(model_dir, "genotype_best.json"))
-        record = {
-            "epoch": epoch + 1, "iteration": (epoch + 1) * steps_per_epoch,
-            "learners": [t.name for t in tasks],
-            "train_loss": (sums[0] / done).tolist(),
-            "train_acc": (sums[1] / np.maximum(sums[2], 1)).tolist(),
-            "val_loss": [v[0] for v in val], "val_acc": [v[1] for v in val],
-            "val_loss_sum": summed, "best": is_best,
-            "alpha_entropy_normal": alpha_entropy(a_n), "alpha_entropy_reduce": alpha_entropy(a_r),
-            "seconds": time.time() - t0, "images_per_sec": images / max(time.time() - t0, 1e-9),
-            "genotype": genotype.to_dict(),
-        }
-        # Checkpoint first: an epoch's metrics line means it can be resumed from.
-        manager.save(checkpoint_number=(epoch + 1) * steps_per_epoch)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        _summaries(writer, record, a_n, a_r, tasks)
-        if not verbose:
-            print(f"epoch {epoch + 1}/{epochs} val_loss {record['val_loss']} "
-                  f"val_acc {record['val_acc']} {record['images_per_sec']:.0f} img/s", flush=True)
-    if draw_cells and record:
-        from il_tf import visualize  # matplotlib only when drawing
-        final = genotypes.Genotype.load(os.path.join(model_dir, "genotype.json"))
-        visualize.draw_genotype(final, os.path.join(model_dir, "cells"))
-    return record
+        used = strategies.hypergradient_learners(self.opt.learning_strategy, len(self.tasks))
+        summed = float(sum(record["val_loss"][k] for k in used))
+        best = bool(summed < float(self.best_val.numpy()))
+        if best:
+            self.best_val.assign(summed)
+        record.update(val_loss_sum=summed, best=best, genotype=genotype.to_dict())
+        return record
 
+    def epoch_line(self, record: Mapping) -> str:
+        losses = ", ".join(f"{v:.4f}" for v in record["val_loss"])
+        accs = ", ".join(f"{100 * v:.1f}%" for v in record["val_acc"])
+        return (f"val loss {losses} (sum {record['val_loss_sum']:.4f}"
+                f"{', best' if record['best'] else ''})  val acc {accs}  alpha entropy "
+                f"{record['alpha_entropy_normal']:.3f}/{record['alpha_entropy_reduce']:.3f}  "
+                f"{record['images_per_second']:.0f} img/s")
 
-def _restore(checkpoint, manager):
-    """Restores the latest checkpoint, or raises a one-line CheckpointError naming it."""
-    if manager.latest_checkpoint:
-        checkpoints.read(checkpoint, manager.latest_checkpoint)
-
-
-def _check_finite(out, tasks, iteration, epoch, manager):
-    for key, stage in (("search_val_loss", "architecture step"), ("train_loss", "weight stage")):
-        bad = np.flatnonzero(~np.isfinite(out[key]))
-        if bad.size:
-            k = int(bad[0])
-            kept = manager.latest_checkpoint or "none yet"
-            raise SearchDivergedError(
-                f"non-finite loss for learner {k + 1} ({tasks[k].name}) in its {stage} at "
-                f"iteration {iteration} (epoch {epoch + 1}); stopped without saving, last good "
-                f"checkpoint: {kept}. Lower il_tf.learning.InterleavingOptimizer.weight_lr or "
-                f"arch_lr and restart.")
-
-
-def _evaluate(opt, k, task, batch_size, max_batches):
-    total = correct = count = 0.0
-    ds = task.dataset("search_val", batch_size, training=False)
-    if max_batches:
-        ds = ds.take(max_batches)
-    for x, y in ds:
-        loss, c = opt.evaluate_batch(opt.learners[k], x, y)
-        total += float(loss)
-        correct += float(c)
-        count += int(y.shape[0])
-    return total / max(count, 1), correct / max(count, 1)
-
-
-def _summaries(writer, record, a_n, a_r, tasks):
-    step = record["iteration"]
-    with writer.as_default(step=step):
-        for k, task in enumerate(tasks):
+    def summaries(self, record, records):
+        scalars = {}
+        for k, name in enumerate(record["learners"]):
             for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
-                tf.summary.scalar(f"{task.name}/{key}", record[key][k])
-        tf.summary.scalar("val_loss_sum", record["val_loss_sum"])
-        tf.summary.scalar("alpha_entropy/normal", record["alpha_entropy_normal"])
-        tf.summary.scalar("alpha_entropy/reduce", record["alpha_entropy_reduce"])
-        tf.summary.image("softmax_alpha/normal", _softmax_image(a_n))
-        tf.summary.image("softmax_alpha/reduce", _softmax_image(a_r))
-    writer.flush()
+                if key in record:
+                    scalars[f"{name}/{key}"] = record[key][k]
+        for key in ("val_loss_sum", "alpha_entropy_normal", "alpha_entropy_reduce"):
+            if key in record:
+                scalars[key.replace("alpha_entropy_", "alpha_entropy/")] = record[key]
+        images = {f"softmax_alpha/{cell}": _softmax_image(np.array(record["alphas"][cell]))
+                  for cell in ("normal", "reduce")}
+        return scalars, images
+
+    def write_outputs(self, record, records) -> None:
+        genotype = genotypes.Genotype.from_dict(record["genotype"])
+        genotype.save(self.run_dir.join("genotype.json"))
+        if record["best"]:
+            genotype.save(self.run_dir.join("genotype_best.json"))
+
+    def finish(self, records: Sequence[Mapping]) -> Dict:
+        result = dict(records[-1]) if records else {}
+        epochs = [r for r in records if r.get("epoch", 0) > 0]
+        if epochs:
+            best = min(epochs, key=lambda r: r["val_loss_sum"])
+            result.update(best_epoch=best["epoch"], best_val_loss_sum=best["val_loss_sum"],
+                          best_val_acc=best["val_acc"])
+        if self.draw_cells and epochs and self.run_dir.chief:
+            from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
+            final = genotypes.Genotype.load(self.run_dir.join("genotype.json"))
+            visualize.draw_genotype(final, self.run_dir.join("cells"))
+        return result
+
+    def summary_lines(self, result: Mapping) -> List[str]:
+        if "best_epoch" not in result:
+            return []
+        d = self.run_dir.path
+        accs = ", ".join(f"{name} {100 * a:.1f}%" for name, a in
+                         zip(result["learners"], result["best_val_acc"]))
+        genotype = genotypes.Genotype.from_dict(result["genotype"])
+        lines = [
+            f"search done: best epoch {result['best_epoch']} of {self.epochs}, summed val "
+            f"loss {result['best_val_loss_sum']:.4f}; val accuracy {accs}",
+            f"alpha entropy normal {result['alpha_entropy_normal']:.3f}, reduce "
+            f"{result['alpha_entropy_reduce']:.3f} nats (uniform: {np.log(8):.3f})",
+            f"normal cell: {_ops(genotype.normal)}",
+            f"reduce cell: {_ops(genotype.reduce)}",
+            f"files: {os.path.join(d, 'genotype_best.json')}"
+            + (f", {os.path.join(d, 'cells')}/" if self.draw_cells else ""),
+            f"next: python tools/train.py --genotype={os.path.join(d, 'genotype_best.json')}",
+        ]
+        return lines
+
+
+def _ops(edges) -> str:
+    return ", ".join(f"{op}<-{index}" for op, index in edges)

@@ -45,11 +45,16 @@ def _build_leaves(layer: keras.layers.Layer, c_in: int, c_out: int):
             leaf.build(None)  # Composites and weightless ops.
 
 
-def drop_path(x, drop_prob):
+def drop_path(x, drop_prob, key):
     """DARTS's drop path: zeroes whole samples with probability `drop_prob`, scales the
-    kept ones by 1 / keep_prob. At drop_prob = 0 it is exactly the identity."""
+    kept ones by 1 / keep_prob. At drop_prob = 0 it is exactly the identity.
+
+    The mask is a function of `key` (an int64 [2] stateless RNG key) alone, so a resumed
+    run draws the masks an uninterrupted one draws (see `_Network.drop_path_key`).
+    """
     keep_prob = 1.0 - tf.cast(drop_prob, x.dtype)
-    mask = tf.floor(keep_prob + tf.random.uniform([tf.shape(x)[0], 1, 1, 1], dtype=x.dtype))
+    noise = tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], seed=key, dtype=x.dtype)
+    mask = tf.floor(keep_prob + noise)
     return x * (mask / keep_prob)
 
 
@@ -88,8 +93,9 @@ class Cell(ops_lib.Composite):
         self.out_channels = len(self.concat) * channels
         self.built = True
 
-    def call(self, s0, s1, drop_prob=None, training=False):
-        """`drop_prob` (a scalar tensor or None) is applied only when training."""
+    def call(self, s0, s1, drop_prob=None, drop_key=None, training=False):
+        """`drop_prob` (a scalar tensor or None) is applied only when training, with masks
+        drawn from `drop_key` (an int64 [2] key), one fold per edge."""
         states = [self.preprocess0(s0, training=training),
                   self.preprocess1(s1, training=training)]
         for node in range(len(self.ops) // 2):
@@ -97,7 +103,8 @@ class Cell(ops_lib.Composite):
             for e in (2 * node, 2 * node + 1):
                 h = self.ops[e](states[self.indices[e]], training=training)
                 if training and drop_prob is not None and self.droppable[e]:
-                    h = drop_path(h, drop_prob)
+                    h = drop_path(h, drop_prob,
+                                  tf.random.experimental.stateless_fold_in(drop_key, e))
                 terms.append(h)
             states.append(terms[0] + terms[1])
         return tf.concat([states[i] for i in self.concat], axis=-1)
@@ -173,6 +180,9 @@ class _Network(keras.Model):
             shape=(), initializer=keras.initializers.Constant(float(drop_path_prob)),
             trainable=False, name="drop_path_prob", autocast=False, dtype="float32")
         self.drop_path_prob = drop_path_prob  # Validates.
+        self._drop_path_key = self.add_weight(
+            shape=(2,), initializer="zeros", trainable=False, name="drop_path_key",
+            autocast=False, dtype="int64")
 
     def _make_cells(self, c_prev_prev: int, c_prev: int, channels: int,
                     reduction_prev: bool) -> int:
@@ -215,15 +225,33 @@ class _Network(keras.Model):
         """The scalar variable behind `drop_path_prob` (e.g. to assign inside a tf.function)."""
         return self._drop_path_prob
 
+    @property
+    def drop_path_key(self) -> keras.Variable:
+        """The int64 [2] stateless RNG key of the drop-path masks of the next training call.
+
+        The training step sets it to (seed, step) before each step, so masks are a function
+        of seed and step, never of how often the process drew random numbers; each cell,
+        edge and replica folds its own index in.
+        """
+        return self._drop_path_key
+
     def _stem(self, images, training):
         raise NotImplementedError
 
     def call(self, images, training=False):
         s0, s1 = self._stem(images, training)
-        drop_prob = tf.convert_to_tensor(self._drop_path_prob) if training else None
+        drop_prob = key = None
+        if training:
+            drop_prob = tf.convert_to_tensor(self._drop_path_prob)
+            key = tf.convert_to_tensor(self._drop_path_key)
+            replica = tf.distribute.get_replica_context()
+            if replica is not None and replica.num_replicas_in_sync > 1:
+                key = tf.random.experimental.stateless_fold_in(
+                    key, replica.replica_id_in_sync_group)
         aux_logits = None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, drop_prob, training=training)
+            cell_key = None if key is None else tf.random.experimental.stateless_fold_in(key, i)
+            s0, s1 = s1, cell(s0, s1, drop_prob, cell_key, training=training)
             if i == self.auxiliary_index and self.auxiliary and training:
                 aux_logits = self.auxiliary_head(s1, training=training)
         logits = self.classifier(tf.reduce_mean(s1, axis=[1, 2]))

@@ -11,12 +11,11 @@
 - `steps_per_loop` steps per call of one `tf.function` (a `tf.range` loop); the learning rate
   (cosine to 0, or step decay) and the drop path probability (`drop_path_prob * epoch /
   epochs`, as DARTS ramps it) are variables assigned once per epoch, never retraced;
-- a checkpoint every `checkpoint_every_steps` steps and at each epoch end (model,
-  optimizer, loss scale, epoch and step in the epoch); restarting the same command resumes:
-  the epoch's data stream is rebuilt from `(seed, epoch)` and fast-forwarded to the saved
-  step, so a resumed run sees the same batches as an uninterrupted one;
+- the run loop (`il_tf.runs`) checkpoints the model, optimizer and loss scale and resumes
+  exactly: the epoch's data stream is rebuilt from `(seed, epoch)` and skips the steps
+  already trained, and drop-path masks are keyed on `(seed, step)`;
 - after each epoch an evaluation on the `test` split (top-1; top-5 with `top5`), a line in
-  `metrics.jsonl` and TensorBoard scalars (reporting.py).
+  `metrics.jsonl` and TensorBoard scalars.
 
 **The reported test error is the last epoch's**, as DARTS reports it. Picking the best epoch
 by its test error would select on the test set and leak it into the result; whoever wants
@@ -25,8 +24,7 @@ early stopping must hold a validation split out of the training data (a task's `
 import json
 import math
 import os
-import tempfile
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 from absl import logging
 import gin
@@ -37,11 +35,11 @@ import tensorflow as tf
 from il_tf import config as config_lib
 from il_tf import data
 from il_tf import distribute
+from il_tf import runs
+from il_tf.errors import CheckpointError, TrainingDivergedError
 from il_tf.models import network as network_lib
+from il_tf.runs import checkpoints
 from il_tf.search_space.genotypes import Genotype, get_genotype
-from il_tf.training import checkpoints
-from il_tf.training import reporting
-from il_tf.training.errors import CheckpointError, TrainingDivergedError
 from il_tf.training.optimizer import DynamicLossScale, TorchSGD
 
 GENOTYPE_FILE = "genotype.json"
@@ -81,17 +79,6 @@ def learning_rate_at(epoch: int, *, schedule: str, base: float, epochs: int,
     if schedule == "step":
         return float(base * decay ** epoch)
     raise ValueError(f"unknown learning rate schedule {schedule!r}; use 'cosine' or 'step'.")
-
-
-def _is_chief(strategy: tf.distribute.Strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    if task_type is None:
-        return True
-    if task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def _cross_entropy(labels, logits, num_classes: int, label_smoothing: float = 0.0):
@@ -218,9 +205,13 @@ class Trainer:
         loss_sum = tf.where(finite, loss_sum, 0.0)
         return tf.stack([loss_sum, correct * ok, count * ok, 1.0 - ok])
 
-    def _train_loop(self, iterator, steps):
+    def _train_loop(self, iterator, steps, first_step, seed):
+        """`steps` steps from global step `first_step`; drop-path masks keyed on (seed, step)."""
         totals = tf.zeros([4])
-        for _ in tf.range(steps):
+        key = getattr(self.model, "drop_path_key", None)
+        for i in tf.range(steps):
+            if key is not None:
+                key.assign(tf.stack([seed, first_step + tf.cast(i, tf.int64)]))
             images, labels = next(iterator)
             per_replica = self.strategy.run(self.replica_step, args=(images, labels))
             totals += self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
@@ -272,7 +263,8 @@ def train(
     """Retrains `genotype` from scratch on the gin-configured task; resumes in `model_dir`.
 
     The task is `il_tf.data.task()` (bind `il_tf.data.task.name`), the network
-    `il_tf.training.network()`, the strategy `il_tf.get_strategy()`.
+    `il_tf.training.network()`, the strategy `il_tf.get_strategy()`; the run loop is
+    `il_tf.runs.RunLoop` (checkpoints, exact resume, metrics, progress, signals).
 
     Args:
       model_dir: the run directory (checkpoints, config.gin, metrics.jsonl, genotype.json,
@@ -292,7 +284,8 @@ def train(
       label_smoothing: epsilon of the smoothed targets (0 = plain cross-entropy).
       drop_path_prob: the final drop path probability; epoch e uses `p * e / epochs`.
       cutout: cutout side in pixels (0 = off).
-      seed: seeds the initial weights and every epoch's data order and augmentation.
+      seed: seeds the initial weights, every epoch's data order and augmentation, and the
+        drop-path masks.
       steps_per_epoch: None for one pass over the training split (full batches only).
       steps_per_loop: training steps per call of the traced loop (and progress update).
       checkpoint_every_steps: also checkpoint within epochs, every this many steps.
@@ -304,19 +297,21 @@ def train(
       deterministic: `tf.config.experimental.enable_op_determinism()` (slower).
       interactive: progress bar (True) or log lines (False); None asks the terminal.
       log_every_steps: log line interval without a terminal.
-      stop_after_epochs: stop (resumable) after this many epochs in this process; None
+      stop_after_epochs: stop (resumably) after this many epochs in this process; None
         trains to `epochs`.
 
     Returns:
-      The last epoch's metrics record (see reporting.py), with `params` and
-      `multiply_adds` when training finished.
+      The last epoch's metrics record, with `params` and `multiply_adds` when training
+      finished (results.json).
 
     Raises:
-      CheckpointError: an unreadable or mismatching checkpoint, or a run dir of another
-        genotype.
-      TrainingDivergedError: the loss became NaN or infinite (nothing is overwritten).
+      CheckpointError: no readable checkpoint in a run directory that has some, or a run dir
+        of another genotype.
+      TrainingDivergedError: the loss or the state became NaN or infinite (nothing of it is
+        saved).
       DatasetUnavailableError: the task's data cannot be read.
     """
+    config_lib.check_arguments(train, locals(), "il_tf.training.train")
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     if mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
@@ -324,147 +319,154 @@ def train(
                          f"got {mixed_precision!r}.")
     genotype = get_genotype(genotype)
     strategy = distribute.get_strategy()
-    chief = _is_chief(strategy)
     task = data.get_task()
-    task.prepare()
-    steps_per_epoch = steps_per_epoch or task.num_examples("train") // batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"{task.name}: {task.num_examples('train')} training examples give "
-                         f"no full batch of {batch_size}; lower train.batch_size.")
     if batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"train.batch_size={batch_size} is not divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas.")
-    top5 = task.num_classes >= 100 if top5 is None else top5
-    os.makedirs(model_dir, exist_ok=True)
-    if chief:
-        _save_genotype(model_dir, genotype)
-
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(mixed_precision or "float32")
-    try:
-        keras.utils.set_random_seed(seed)
-        with strategy.scope():
-            model = network(genotype, task.num_classes)
-            epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        trainer = Trainer(strategy, model, global_batch_size=batch_size,
-                          num_classes=task.num_classes, learning_rate=learning_rate,
-                          momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
-                          auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing,
-                          loss_scaling=mixed_precision == "mixed_float16",
-                          jit_compile=jit_compile)
-        checkpoint = checkpoints.model_checkpoint(
-            model, optimizer=trainer.optimizer, loss_scale=trainer.loss_scale_state,
-            epoch=epoch_var, step_in_epoch=step_var)
-        # Non-chief workers of a multi-worker run must save too, into a throwaway directory.
-        checkpoint_dir = model_dir if chief else tempfile.mkdtemp(prefix="il_tf_worker_")
-        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
-                                             max_to_keep=keep_checkpoints)
-        if tf.train.latest_checkpoint(model_dir):
-            latest = tf.train.latest_checkpoint(model_dir)
-            checkpoints.read(checkpoint, latest)
-            logging.info("resumed from %s (epoch %d, step %d of the epoch)", latest,
-                         int(epoch_var.numpy()), int(step_var.numpy()))
-
-        logging.info("%s on %s: %d parameters (auxiliary head excluded), %d replica(s), "
-                     "%d steps per epoch", type(model).__name__, task.name,
-                     network_lib.count_parameters(model), strategy.num_replicas_in_sync,
-                     steps_per_epoch)
-        return _run_epochs(**locals())
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-
-
-def _run_epochs(*, model_dir, genotype, epochs, batch_size, learning_rate, lr_schedule,
-                lr_decay, min_learning_rate, drop_path_prob, cutout, seed, steps_per_epoch,
-                steps_per_loop, checkpoint_every_steps, eval_batch_size, top5, strategy, chief,
-                task, model, epoch_var, step_var, trainer, manager, interactive,
-                log_every_steps, stop_after_epochs, **_):
-    """The epoch loop of `train` (its locals passed by name)."""
-    start_epoch = int(epoch_var.numpy())
-    metrics = reporting.MetricsLog(model_dir, resume_epoch=start_epoch, enabled=chief)
-    if start_epoch >= epochs:
-        logging.info("%s already finished its %d epochs; nothing to do.", model_dir, epochs)
-        records = reporting.read_metrics(model_dir)
-        return _load_results(model_dir) or (records[-1] if records else {})
-    progress = reporting.Progress(steps_per_epoch, interactive, log_every_steps)
-    test_data = distribute.dataset(strategy, task, "test", _eval_batch(strategy, eval_batch_size),
-                                   training=False)
-    evaluate_pass = make_eval_function(strategy, model, task.num_classes, top5)
-    config_saved = False
-    record = {}
-    last_epoch = epochs if stop_after_epochs is None else min(epochs,
-                                                                start_epoch + stop_after_epochs)
-    try:
-        for epoch in range(start_epoch, last_epoch):
-            lr = learning_rate_at(epoch, schedule=lr_schedule, base=learning_rate,
-                                  epochs=epochs, decay=lr_decay, minimum=min_learning_rate)
-            trainer.optimizer.learning_rate.assign(lr)
-            drop_prob = drop_path_prob * epoch / epochs  # DARTS's linear ramp.
-            model.drop_path_prob = drop_prob
-            step = int(step_var.numpy())
-            # Every epoch's stream is a function of (seed, epoch) alone; a resumed epoch
-            # skips the batches trained before the checkpoint.
-            stream = distribute.dataset(strategy, task, "train", batch_size, training=True,
-                                        seed=seed * 100_003 + epoch, cutout=cutout)
-            iterator = iter(stream)
-            for _ in range(step):
-                next(iterator)
-            progress.start_epoch(epoch, epochs, step, lr)
-            timer = reporting.Timer()
-            totals = np.zeros(4)
-            trained = 0
-            while step < steps_per_epoch:
-                global_step = epoch * steps_per_epoch + step
-                n = min(steps_per_loop, steps_per_epoch - step,
-                        checkpoint_every_steps - global_step % checkpoint_every_steps)
-                totals += trainer.train_loop(iterator, tf.constant(n)).numpy()
-                step += n
-                trained += n
-                _check_finite(totals, trainer, manager, epoch, step)
-                step_var.assign(step)
-                if chief and not config_saved:
-                    config_lib.save_operative_config(model_dir)
-                    config_saved = True
-                seconds = timer.seconds()
-                seen = max(totals[2], 1)
-                progress.update(step, totals[0] / seen, totals[1] / seen,
-                                trained * batch_size / max(seconds, 1e-9))
-                if (epoch * steps_per_epoch + step) % checkpoint_every_steps == 0 and \
-                        step < steps_per_epoch:
-                    manager.save(checkpoint_number=epoch * steps_per_epoch + step)
-            train_seconds = timer.seconds()
-            record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                      "learning_rate": lr, "drop_path_prob": drop_prob,
-                      "train_loss": totals[0] / max(totals[2], 1),
-                      "train_accuracy": totals[1] / max(totals[2], 1)}
-            record.update(_eval_record(evaluate_pass(test_data), top5))
-            record.update(images_per_second=trained * batch_size / max(train_seconds, 1e-9),
-                          seconds=timer.seconds())
-            record = {k: (float(v) if isinstance(v, (np.floating, float)) else v)
-                      for k, v in record.items()}
-            metrics.write(record)
-            epoch_var.assign(epoch + 1)
-            step_var.assign(0)
-            manager.save(checkpoint_number=(epoch + 1) * steps_per_epoch)
-            progress.end_epoch(record)
-    finally:
-        metrics.close()
-    if int(epoch_var.numpy()) >= epochs and chief:
-        record = _write_results(model_dir, genotype, model, task, record, epochs)
-    return record
+    with runs.RunDir(model_dir, chief=runs.is_chief(strategy)) as run_dir:
+        task.prepare()
+        steps_per_epoch = steps_per_epoch or task.num_examples("train") // batch_size
+        if steps_per_epoch < 1:
+            raise ValueError(f"{task.name}: {task.num_examples('train')} training examples "
+                             f"give no full batch of {batch_size}; lower train.batch_size.")
+        top5 = task.num_classes >= 100 if top5 is None else top5
+        if run_dir.chief:
+            _save_genotype(model_dir, genotype)
+        previous_policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(mixed_precision or "float32")
+        try:
+            keras.utils.set_random_seed(seed)
+            with strategy.scope():
+                model = network(genotype, task.num_classes)
+            trainer = Trainer(strategy, model, global_batch_size=batch_size,
+                              num_classes=task.num_classes, learning_rate=learning_rate,
+                              momentum=momentum, weight_decay=weight_decay,
+                              grad_clip=grad_clip, auxiliary_weight=auxiliary_weight,
+                              label_smoothing=label_smoothing,
+                              loss_scaling=mixed_precision == "mixed_float16",
+                              jit_compile=jit_compile)
+            logging.info("%s on %s: %d parameters (auxiliary head excluded), %d replica(s), "
+                         "%d steps per epoch", type(model).__name__, task.name,
+                         network_lib.count_parameters(model), strategy.num_replicas_in_sync,
+                         steps_per_epoch)
+            program = TrainingProgram(
+                run_dir, genotype, task, strategy, trainer, epochs=epochs,
+                batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                steps_per_loop=steps_per_loop, learning_rate=learning_rate,
+                lr_schedule=lr_schedule, lr_decay=lr_decay,
+                min_learning_rate=min_learning_rate, drop_path_prob=drop_path_prob,
+                cutout=cutout, seed=seed, eval_batch_size=eval_batch_size, top5=top5)
+            progress = runs.Progress(steps_per_epoch, epochs, interactive=interactive,
+                                     log_every_steps=log_every_steps)
+            return runs.RunLoop(run_dir, program, strategy,
+                                checkpoint_every_steps=checkpoint_every_steps,
+                                keep_checkpoints=keep_checkpoints, progress=progress,
+                                stop_after_epochs=stop_after_epochs).run()
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _check_finite(totals, trainer, manager, epoch, step):
-    bad = totals[3] > 0 and trainer.loss_scale is None
-    if trainer.loss_scale is not None and float(trainer.loss_scale.scale.numpy()) < 1.0:
-        bad = True
-    if bad or not math.isfinite(totals[0]):
-        raise TrainingDivergedError(
-            f"the loss became NaN or infinite in epoch {epoch + 1} (by step {step}); stopped "
-            f"without saving: the last good checkpoint "
-            f"({manager.latest_checkpoint or 'none'}) and metrics.jsonl are kept. Lower "
-            f"train.learning_rate or check the input data.")
+class TrainingProgram(runs.Program):
+    """Retraining as the run loop's program: SGD steps, the epoch's test evaluation,
+    results.json at the end (see the module docstring)."""
+
+    stats = ("loss_sum", "correct", "count", "skipped")
+
+    def __init__(self, run_dir, genotype, task, strategy, trainer, *, epochs, batch_size,
+                 steps_per_epoch, steps_per_loop, learning_rate, lr_schedule, lr_decay,
+                 min_learning_rate, drop_path_prob, cutout, seed, eval_batch_size, top5):
+        self.run_dir, self.genotype, self.task = run_dir, genotype, task
+        self.strategy, self.trainer, self.model = strategy, trainer, trainer.model
+        self.epochs, self.batch_size = epochs, batch_size
+        self.steps_per_epoch, self.steps_per_call = steps_per_epoch, max(1, steps_per_loop)
+        self.schedule = dict(schedule=lr_schedule, base=learning_rate, epochs=epochs,
+                             decay=lr_decay, minimum=min_learning_rate)
+        self.final_drop_path_prob, self.cutout, self.seed = drop_path_prob, cutout, seed
+        self.top5 = top5
+        self._test_data = distribute.dataset(strategy, task, "test",
+                                             _eval_batch(strategy, eval_batch_size),
+                                             training=False)
+        self._evaluate_pass = make_eval_function(strategy, self.model, task.num_classes, top5)
+        self._iterator = None
+        self._lr = self._drop = 0.0
+
+    def checkpoint_objects(self):
+        return {"model": self.model, "model_variables": list(self.model.variables),
+                "optimizer": self.trainer.optimizer, "loss_scale": self.trainer.loss_scale_state}
+
+    def start_epoch(self, epoch: int, step: int) -> None:
+        self._lr = learning_rate_at(epoch, **self.schedule)
+        self.trainer.optimizer.learning_rate.assign(self._lr)
+        self._drop = self.final_drop_path_prob * epoch / self.epochs  # DARTS's linear ramp.
+        self.model.drop_path_prob = self._drop
+        # Every epoch's stream is a function of (seed, epoch) alone; a resumed epoch skips
+        # the batches trained before the checkpoint.
+        self._iterator = iter(distribute.dataset(
+            self.strategy, self.task, "train", self.batch_size, training=True,
+            seed=self.seed * 100_003 + epoch, cutout=self.cutout, skip_batches=step))
+
+    def images_per_step(self) -> int:
+        return self.batch_size
+
+    def run_steps(self, step: int, count: int) -> np.ndarray:
+        totals = self.trainer.train_loop(self._iterator, tf.constant(count),
+                                         tf.constant(step, tf.int64),
+                                         tf.constant(self.seed, tf.int64)).numpy()
+        scale = self.trainer.loss_scale
+        if ((totals[3] > 0 and scale is None) or not math.isfinite(totals[0])
+                or (scale is not None and float(scale.scale.numpy()) < 1.0)):
+            raise TrainingDivergedError(
+                f"the loss became NaN or infinite in epoch {step // self.steps_per_epoch + 1} "
+                f"(steps {step + 1}-{step + count})")
+        return totals
+
+    def divergence_hint(self) -> str:
+        lr = self.schedule["base"] / 2
+        return (f"lower the learning rate, e.g. --gin_bindings='il_tf.training.train."
+                f"learning_rate = {lr:g}', or check the input data")
+
+    def progress_values(self, totals, images_per_second) -> Dict:
+        seen = max(totals[2], 1)
+        return {"loss": float(totals[0] / seen), "acc": float(totals[1] / seen),
+                "img/s": round(images_per_second)}
+
+    def end_epoch(self, epoch: int, totals: np.ndarray) -> Dict:
+        seen = max(totals[2], 1)
+        record = {"learning_rate": float(self._lr), "drop_path_prob": float(self._drop),
+                  "train_loss": float(totals[0] / seen),
+                  "train_accuracy": float(totals[1] / seen)}
+        record.update(_eval_record(self._evaluate_pass(self._test_data), self.top5))
+        return record
+
+    def epoch_line(self, record) -> str:
+        top5 = (f"  top-5 err {100 * record['test_top5_error']:.2f}%"
+                if "test_top5_error" in record else "")
+        return (f"train loss {record['train_loss']:.4f} acc "
+                f"{100 * record['train_accuracy']:.2f}%  test loss {record['test_loss']:.4f} "
+                f"err {100 * record['test_error']:.2f}%{top5}  ({record['seconds']:.0f} s, "
+                f"{record['images_per_second']:.0f} img/s)")
+
+    def summaries(self, record, records):
+        return ({f"{'test' if k.startswith('test_') else 'train'}/{k}": v
+                 for k, v in record.items()
+                 if k not in ("epoch", "step") and isinstance(v, (int, float))}, {})
+
+    def finish(self, records) -> Dict:
+        existing = _load_results(self.run_dir.path)
+        if existing is not None:
+            return existing
+        record = dict(records[-1]) if records else {}
+        if not self.run_dir.chief:
+            return record
+        return _write_results(self.run_dir.path, self.genotype, self.model, self.task, record,
+                              self.epochs)
+
+    def summary_lines(self, result) -> List[str]:
+        if "test_error" not in result:
+            return []
+        return [f"{self.run_dir.path}: test error {100 * result['test_error']:.2f}% after "
+                f"{result.get('epochs', result.get('epoch'))} epochs"
+                + (f", {result['params']} parameters" if "params" in result else "")]
 
 
 def _write_results(model_dir, genotype, model, task, record, epochs) -> Dict:
@@ -504,7 +506,7 @@ def evaluate(model_dir: str, checkpoint: Optional[str] = None, batch_size: int =
       top5: report top-5 too; None means when the task has at least 100 classes.
 
     Returns:
-      {"checkpoint", "epoch", "test_loss", "test_accuracy", "test_error", ["test_top5_*"],
+      {"checkpoint", "epoch" (None for a checkpoint inside an epoch), "test_loss", "test_accuracy", "test_error", ["test_top5_*"],
        "num_examples", "params" (auxiliary head excluded), "multiply_adds" (per image)}.
     """
     path = checkpoints.resolve(model_dir, checkpoint)
@@ -518,12 +520,12 @@ def evaluate(model_dir: str, checkpoint: Optional[str] = None, batch_size: int =
     top5 = task.num_classes >= 100 if top5 is None else top5
     with strategy.scope():
         model = network(genotype, task.num_classes)
-        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoints.read(checkpoints.model_checkpoint(model, epoch=epoch), path, partial=True)
+    checkpoints.read(checkpoints.model_checkpoint(model), path, partial=True)
+    record = runs.metrics.record_at_step(model_dir, checkpoints.saved_step(path))
     test_data = distribute.dataset(strategy, task, "test", _eval_batch(strategy, batch_size),
                                    training=False)
     totals = make_eval_function(strategy, model, task.num_classes, top5)(test_data)
-    result = {"checkpoint": path, "epoch": int(epoch.numpy())}
+    result = {"checkpoint": path, "epoch": record["epoch"] if record else None}
     result.update(_eval_record(totals, top5))
     result.update(num_examples=int(totals[3]), params=network_lib.count_parameters(model),
                   multiply_adds=network_lib.count_multiply_adds(model, task.image_shape))
