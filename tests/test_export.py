@@ -26,7 +26,7 @@ from il_tf import export
 from il_tf import training
 from il_tf.data import preprocessing as prep
 from il_tf.models import network as network_lib
-from il_tf.training import checkpoints
+from il_tf.runs import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(REPO, "tools")
@@ -131,7 +131,7 @@ def _keras_model(run_dir):
     config.parse([os.path.join(run_dir, "config.gin")], [], imports=["il_tf.training"])
     task = il_tf.get_task()
     model = training.network(os.path.join(run_dir, "genotype.json"), task.num_classes)
-    checkpoints.read(checkpoints.model_checkpoint(model), tf.train.latest_checkpoint(run_dir),
+    checkpoints.read(checkpoints.model_checkpoint(model), checkpoints.resolve(run_dir),
                      partial=True)
     return model, task
 
@@ -226,6 +226,31 @@ def test_predict_tool_classifies_files_with_tensorflow_alone(exported, inputs, s
     assert "I0000" not in err and "Traceback" not in err
 
 
+def test_predict_names_each_bad_file_and_still_classifies_the_others(exported, inputs,
+                                                                    served, tmp_path):
+    _, files, _ = inputs
+    truncated = str(tmp_path / "truncated.png")
+    with open(files[0], "rb") as f:
+        data = f.read()
+    with open(truncated, "wb") as f:
+        f.write(data[:len(data) // 2])
+    text = str(tmp_path / "notes.png")
+    with open(text, "w") as f:
+        f.write("not an image")
+    process = _tool("predict.py", f"--saved_model={exported[0]}", "--json", files[1],
+                    truncated, files[2], text, pythonpath=False)
+    out, err = _finish(process, ok=False)
+    assert process.returncode == 1
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert [line["file"] for line in lines] == [files[1], files[2]]
+    for line, i in zip(lines, (1, 2)):
+        assert [c["class"] for c in line["top_k"]] == served["bytes_7_classes"][i].tolist()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "Traceback" not in err, err[-2000:]
+    assert truncated in errors[0] and "stack traces" not in errors[0], errors[0]
+    assert text in errors[1] and "not a JPEG, PNG" in errors[1]
+
+
 def _assert_one_line_error(process, expected):
     _, err = _finish(process, ok=False)
     assert process.returncode == 1, err[-2000:]
@@ -241,10 +266,8 @@ def test_bad_checkpoints_give_one_error_and_write_nothing(run_dir, exported, tmp
         os.makedirs(directory)
         for name in ("config.gin", "genotype.json", "metrics.jsonl", "results.json"):
             shutil.copy(os.path.join(run_dir, name), directory)
-    for path in glob.glob(os.path.join(run_dir, "ckpt-*")) + [os.path.join(run_dir,
-                                                                           "checkpoint")]:
-        shutil.copy(path, corrupt)
-    (data_file,) = glob.glob(os.path.join(corrupt, "ckpt-4.data-*"))
+    shutil.copytree(os.path.join(run_dir, "checkpoints"), os.path.join(corrupt, "checkpoints"))
+    (data_file,) = glob.glob(os.path.join(corrupt, "checkpoints", "ckpt-4.data-*"))
     with open(data_file, "r+b") as f:
         f.truncate(os.path.getsize(data_file) // 2)
     taken = os.path.join(run_dir, "export")

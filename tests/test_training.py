@@ -73,10 +73,9 @@ if mode == "uninterrupted_then_mid_epoch":
     import os, shutil
     copy = model_dir + "_mid"
     shutil.copytree(model_dir, copy)
-    for name in os.listdir(copy):
+    for name in os.listdir(os.path.join(copy, "checkpoints")):
         if name.startswith("ckpt-8."):
-            os.remove(os.path.join(copy, name))
-    tf.compat.v1.train.update_checkpoint_state(copy, os.path.join(copy, "ckpt-6"))
+            os.remove(os.path.join(copy, "checkpoints", name))
     training.train(copy)
 else:
     training.train(model_dir)
@@ -194,7 +193,8 @@ def test_one_step_is_sgd_with_coupled_weight_decay(data_dir):
         for i, (g, v) in enumerate(zip(grads, variables)):
             buffers[i] = mu * buffers[i] + g * (clip / norm) + wd * v.numpy()
             expected.append(v.numpy() - lr * buffers[i])
-        trainer.train_loop(iterator, tf.constant(1))
+        trainer.train_loop(iterator, tf.constant(1), tf.constant(0, tf.int64),
+                           tf.constant(0, tf.int64))
         for v, e in zip(variables, expected):
             np.testing.assert_allclose(v.numpy(), e, rtol=2e-4, atol=2e-6)
     for b, slot in zip(buffers, trainer.optimizer.buffers):
@@ -224,10 +224,11 @@ def mock_run(tmp_path_factory, background_runs):  # pylint: disable=unused-argum
 def test_two_epochs_write_checkpoints_config_and_metrics(mock_run):
     model_dir, result = mock_run
     names = set(os.listdir(model_dir))
-    assert {"checkpoint", "config.gin", "metrics.jsonl", "genotype.json", "results.json",
+    assert {"checkpoints", "config.gin", "metrics.jsonl", "genotype.json", "results.json",
             "tensorboard"} <= names
     # 4 steps per epoch: epoch ends at 4 and 8, every 3 steps at 3 and 6; the last 3 kept.
-    assert {"ckpt-4.index", "ckpt-6.index", "ckpt-8.index"} <= names
+    names = set(os.listdir(os.path.join(model_dir, "checkpoints")))
+    assert {"checkpoint", "ckpt-4.index", "ckpt-6.index", "ckpt-8.index"} <= names
     assert "ckpt-3.index" not in names
     records = training.read_metrics(model_dir)
     assert [r["epoch"] for r in records] == [1, 2] and records[-1]["step"] == 8
@@ -239,8 +240,8 @@ def test_two_epochs_write_checkpoints_config_and_metrics(mock_run):
     assert "network.channels = 8" in text and "cifar10" in text
     assert os.listdir(os.path.join(model_dir, "tensorboard"))
     # The aux head was trained: its weights moved away from nothing (they get gradients).
-    reader = tf.train.load_checkpoint(os.path.join(model_dir, "ckpt-8"))
-    assert int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 2
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints", "ckpt-8"))
+    assert int(reader.get_tensor("run_loop/step/.ATTRIBUTES/VARIABLE_VALUE")) == 8
 
 
 def test_finished_run_is_not_trained_again(mock_run):
@@ -258,7 +259,7 @@ def test_finished_run_is_not_trained_again(mock_run):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mock_run, tmp_path):
     model_dir = str(tmp_path / "run")
     shutil.copytree(mock_run[0], model_dir)
-    before = tf.train.latest_checkpoint(model_dir)
+    before = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     with open(os.path.join(model_dir, "results.json")) as f:
         results = f.read()
     config.parse(["train_cifar10.gin"], TINY + [
@@ -268,7 +269,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mock_run, tmp_path):
         with pytest.raises(training.TrainingDivergedError) as error:
             training.train(model_dir, "PC_DARTS")
     assert "NaN" in str(error.value) and "\n" not in str(error.value)
-    assert tf.train.latest_checkpoint(model_dir) == before
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) == before
     assert len(training.read_metrics(model_dir)) == 2
     with open(os.path.join(model_dir, "results.json")) as f:
         assert f.read() == results
@@ -297,7 +298,7 @@ def test_evaluate_tool_prints_error_params_and_multiply_adds(data_dir, backgroun
 def test_corrupt_or_missing_checkpoint_is_one_line(mock_run, tmp_path):
     model_dir = str(tmp_path / "corrupt")
     shutil.copytree(mock_run[0], model_dir)
-    with open(os.path.join(model_dir, "ckpt-8.index"), "wb") as f:
+    with open(os.path.join(model_dir, "checkpoints", "ckpt-8.index"), "wb") as f:
         f.write(b"not a checkpoint")
     config.parse([os.path.join(model_dir, "config.gin")])
     with tfds.testing.mock_data(num_examples=32):
@@ -323,34 +324,34 @@ def test_restart_resumes_at_epoch_2_and_equals_an_uninterrupted_run(data_dir, ba
     _finish(processes["first_epoch"])
     restarted = dirs["restarted"]
     assert [r["epoch"] for r in training.read_metrics(restarted)] == [1]
-    first = _variables(os.path.join(restarted, "ckpt-4"))
+    first = _variables(os.path.join(restarted, "checkpoints", "ckpt-4"))
     second = _subprocess(_RUN, data_dir, restarted, "restart")
     out = _finish(processes["uninterrupted"])
     assert "done" in out
-    _, err = second.communicate(timeout=240)
+    out, err = second.communicate(timeout=240)
     assert second.returncode == 0, err[-3000:]
-    assert "resumed from" in err and "epoch 1, step 0" in err
+    assert "resuming from ckpt-4 (step 4 of 8)" in out
 
     uninterrupted = dirs["uninterrupted"]
     # The state at the kill point equals the uninterrupted run's after epoch 1 ...
-    reference = _variables(os.path.join(uninterrupted, "ckpt-4"))
+    reference = _variables(os.path.join(uninterrupted, "checkpoints", "ckpt-4"))
     momentum = [k for k in reference if k.startswith("optimizer/buffers/")]
     assert momentum and any(np.any(reference[k] != 0) for k in momentum)
     for key in momentum:
         np.testing.assert_array_equal(first[key], reference[key])
     # ... and after epoch 2 the restarted run equals it too, weights and optimizer.
-    final, expected = (_variables(os.path.join(d, "ckpt-8")) for d in (restarted, uninterrupted))
+    final, expected = (_variables(os.path.join(d, "checkpoints", "ckpt-8"))
+                       for d in (restarted, uninterrupted))
     assert final.keys() == expected.keys()
     for key in expected:
-        np.testing.assert_allclose(final[key], expected[key], rtol=1e-5, atol=1e-6,
-                                   err_msg=key)
+        np.testing.assert_array_equal(final[key], expected[key], err_msg=key)
     a, b = (training.read_metrics(d) for d in (restarted, uninterrupted))
     assert [r["epoch"] for r in a] == [1, 2]
-    assert a[1]["test_loss"] == pytest.approx(b[1]["test_loss"], rel=1e-5)
+    assert a[1]["test_loss"] == b[1]["test_loss"]
     # A resume from inside epoch 2 (its data stream fast-forwarded 2 batches) too.
-    mid = _variables(os.path.join(uninterrupted + "_mid", "ckpt-8"))
+    mid = _variables(os.path.join(uninterrupted + "_mid", "checkpoints", "ckpt-8"))
     for key in expected:
-        np.testing.assert_allclose(mid[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_array_equal(mid[key], expected[key], err_msg=key)
     assert [r["epoch"] for r in training.read_metrics(uninterrupted + "_mid")] == [1, 2]
 
 

@@ -8,7 +8,9 @@ This is the path a serving client takes: the file bytes go, undecoded, through t
 `serving_bytes` signature (decode, resize/crop, normalise and the network are all in the
 graph), exactly as TF Serving's REST API receives `{"b64": ...}` instances. It needs only
 TensorFlow, so it runs where il_tf is not installed. Prints each file's top-k classes (names
-where the export has them) with their probabilities.
+where the export has them) with their probabilities; a file that cannot be read or decoded
+gets one `error:` line naming it and the cause, the others are still classified, and the
+exit status is then 1.
 """
 import contextlib
 import json
@@ -64,7 +66,9 @@ def _version_dir(path: str) -> str:
 def _first_line(error: BaseException) -> str:
     lines = [l.strip() for l in str(error).splitlines() if l.strip()]
     # TF's graph errors start with a generic line; the cause is on a later one.
-    useful = [l for l in lines if not l.startswith(("Graph execution error", "Detected at"))]
+    useful = [l for l in lines if not l.startswith((
+        "Graph execution error", "Detected at", "<stack traces unavailable>", "[[",
+        "Function call stack", "{{"))]
     return (useful or lines or [type(error).__name__])[0]
 
 
@@ -84,7 +88,11 @@ def _read_image(name: str) -> bytes:
 
 
 def predict(saved_model: str, files, signature: str = "serving_bytes", batch_size: int = 32):
-    """Yields (file, [(class index, class name or None, probability), ...]) per file."""
+    """Yields (file, top-k or None, error or None) per file, in order.
+
+    top-k is [(class index, class name or None, probability), ...]. A file that cannot be
+    read or decoded gets its cause as the error; the other files are classified all the same.
+    """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     path = _version_dir(saved_model)
     try:
@@ -96,20 +104,37 @@ def predict(saved_model: str, files, signature: str = "serving_bytes", batch_siz
                          f"{', '.join(sorted(loaded.signatures))}.")
     function = loaded.signatures[signature]
     (input_name,) = function.structured_input_signature[1].keys()
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        encoded = [_read_image(name) for name in chunk]
-        try:
-            outputs = function(**{input_name: tf.constant(encoded, tf.string)})
-        except tf.errors.InvalidArgumentError as error:
-            raise _UserError(f"cannot classify {', '.join(chunk)}: {_first_line(error)}") \
-                from None
+
+    def classify(names, encoded):
+        outputs = function(**{input_name: tf.constant(encoded, tf.string)})
         classes = outputs["classes"].numpy()
         scores = outputs["scores"].numpy()
-        names = outputs["class_names"].numpy() if "class_names" in outputs else None
-        for i, name in enumerate(chunk):
-            yield name, [(int(c), None if names is None else names[i][j].decode("utf-8"),
-                          float(scores[i][j])) for j, c in enumerate(classes[i])]
+        labels = outputs["class_names"].numpy() if "class_names" in outputs else None
+        return [[(int(c), None if labels is None else labels[i][j].decode("utf-8"),
+                  float(scores[i][j])) for j, c in enumerate(classes[i])]
+                for i in range(len(names))]
+
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        encoded, errors = {}, {}
+        for name in chunk:
+            try:
+                encoded[name] = _read_image(name)
+            except _UserError as error:
+                errors[name] = str(error)
+        readable = [name for name in chunk if name in encoded]
+        results = {}
+        try:
+            if readable:
+                results = dict(zip(readable, classify(readable, [encoded[n] for n in readable])))
+        except tf.errors.InvalidArgumentError:
+            for name in readable:  # One file spoilt the batch: find which, keep the rest.
+                try:
+                    results[name] = classify([name], [encoded[name]])[0]
+                except tf.errors.InvalidArgumentError as error:
+                    errors[name] = f"cannot decode {name}: {_first_line(error)}"
+        for name in chunk:
+            yield name, results.get(name), errors.get(name)
 
 
 def main(argv):
@@ -117,13 +142,21 @@ def main(argv):
     if not files:
         raise _UserError("no image files given: python tools/predict.py --saved_model=DIR "
                          "a.png b.jpg ...")
-    for name, top in predict(FLAGS.saved_model, files, FLAGS.signature, FLAGS.batch_size):
+    failed = 0
+    for name, top, error in predict(FLAGS.saved_model, files, FLAGS.signature,
+                                    FLAGS.batch_size):
+        if error:
+            failed += 1
+            sys.stderr.write(f"error: {error}\n")
+            continue
         if FLAGS.json:
             print(json.dumps({"file": name, "top_k": [
                 {"class": c, "class_name": n, "probability": p} for c, n, p in top]}))
             continue
         best = ", ".join(f"{n if n is not None else c} {100 * p:.1f}%" for c, n, p in top)
         print(f"{name}: {best}")
+    if failed:
+        sys.exit(1)
 
 
 def _run():

@@ -27,6 +27,7 @@ from il_tf.errors import CheckpointError, TrainingDivergedError
 from il_tf.runs.run_dir import write_atomically
 
 PREFIX = "ckpt"
+DIRECTORY = "checkpoints"  # inside the run directory
 
 
 def _first_line(error: BaseException) -> str:
@@ -39,22 +40,24 @@ def resolve(model_dir: str, checkpoint: Optional[str] = None) -> str:
 
     Args:
       model_dir: the run directory.
-      checkpoint: None for the latest checkpoint of `model_dir`; else a prefix (a path, or a
-        name such as "ckpt-120" inside `model_dir`).
+      checkpoint: None for the newest checkpoint of `model_dir`; else a prefix (a path, or
+        a name such as "ckpt-120" in `model_dir/checkpoints`).
 
     Raises:
       CheckpointError: no such checkpoint.
     """
+    directory = os.path.join(model_dir, DIRECTORY)
     if checkpoint is None:
-        found = numbered(model_dir)
+        found = numbered(directory)
         if not found:
             raise CheckpointError(f"no checkpoint in {model_dir} (train there first with "
                                   f"tools/train.py --model_dir={model_dir}).")
         return found[-1]
-    for path in (checkpoint, os.path.join(model_dir, checkpoint)):
+    for path in (checkpoint, os.path.join(directory, checkpoint),
+                 os.path.join(model_dir, checkpoint)):
         if tf.io.gfile.exists(path + ".index"):
             return path
-    names = [os.path.basename(p) for p in numbered(model_dir)]
+    names = [os.path.basename(p) for p in numbered(directory)]
     raise CheckpointError(f"checkpoint {checkpoint!r} not found in {model_dir}; available: "
                           f"{', '.join(names) or 'none'}.")
 
