@@ -284,11 +284,12 @@ def cell_figure(genotype: Union[Genotype, str], cell: str = "normal",
 
 def _save_atomically(fig, path: str, fmt: str, dpi: int) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".cell-", suffix="." + fmt, dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".picture-", suffix="." + fmt, dir=directory)
     os.close(fd)
     try:
         metadata = {"Date": None} if fmt == "svg" else None  # reproducible SVG files
         fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white", metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; pictures are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -435,13 +436,13 @@ def alpha_course(records: Iterable[Mapping[str, Any]]) -> AlphaCourse:
 
 
 def read_metrics(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
-    """The records of a metrics.jsonl, or of `<path>/metrics.jsonl` when `path` is a directory.
+    """The records of a metrics.jsonl, or of `<path>/metrics.jsonl` when `path` is a run directory.
 
     Raises:
         AlphaCourseError: if the file is missing, empty or holds a line that is not JSON.
     """
     path = os.fspath(path)
-    if os.path.isdir(path):
+    if os.path.isdir(path) or not path.endswith(".jsonl"):
         path = os.path.join(path, METRICS_FILE)
     if not os.path.isfile(path):
         raise AlphaCourseError(f"{path} not found: is it a search run directory "
