@@ -488,6 +488,18 @@ def _last_genotype(records: Sequence[Mapping[str, Any]]) -> Optional[Genotype]:
     return None
 
 
+def _y_range(weights: np.ndarray) -> Tuple[float, float]:
+    """One y range for all plots: the weights and the uniform 1/8, from 0 unless they all stay
+    close to uniform (early in a search), where starting at 0 would flatten every line."""
+    uniform = 1.0 / len(PRIMITIVES)
+    low = min(float(weights.min()) if weights.size else 0.0, uniform)
+    high = max(float(weights.max()) if weights.size else 1.0, uniform)
+    if low < 0.5 * high:
+        low = 0.0
+    pad = max(0.06 * (high - low), 1e-3)
+    return max(0.0, low - pad), min(1.0, high + pad)
+
+
 def alpha_course_figure(records: Sequence[Mapping[str, Any]],
                         genotype: Union[Genotype, str, None] = None,
                         title: Optional[str] = None):
@@ -546,8 +558,7 @@ def alpha_course_figure(records: Sequence[Mapping[str, Any]],
     epochs = course.epochs
     finite = np.concatenate([course.normal.ravel(), course.reduce.ravel()])
     finite = finite[np.isfinite(finite)]
-    y_max = max(float(finite.max()) if finite.size else 1.0, 1.0 / len(PRIMITIVES))
-    y_max = min(1.0, y_max * 1.08 + 0.01)
+    y_min, y_max = _y_range(finite)
     x_pad = max(0.5, 0.03 * float(epochs[-1] - epochs[0]))
     marker = "o" if len(epochs) <= 12 else None
     lines = {}
@@ -570,7 +581,7 @@ def alpha_course_figure(records: Sequence[Mapping[str, Any]],
                                     panels_top - (node + 1) * panel_h - node * gap_h,
                                     panel_w, panel_h))
             ax.set_xlim(epochs[0] - x_pad, epochs[-1] + x_pad)
-            ax.set_ylim(0.0, y_max)
+            ax.set_ylim(y_min, y_max)
             ax.axhline(1.0 / len(PRIMITIVES), color="#b0b0b0", linewidth=0.9,
                        linestyle=(0, (6, 2, 1, 2)), zorder=1)
             chosen = kept.get((node, j))
