@@ -490,14 +490,15 @@ def _last_genotype(records: Sequence[Mapping[str, Any]]) -> Optional[Genotype]:
 
 def _y_range(weights: np.ndarray) -> Tuple[float, float]:
     """One y range for all plots: the weights and the uniform 1/8, from 0 unless they all stay
-    close to uniform (early in a search), where starting at 0 would flatten every line."""
+    near uniform (early in a search, or a short one), where 0 would flatten every line."""
     uniform = 1.0 / len(PRIMITIVES)
     low = min(float(weights.min()) if weights.size else 0.0, uniform)
     high = max(float(weights.max()) if weights.size else 1.0, uniform)
     if low < 0.5 * high:
         low = 0.0
     pad = max(0.06 * (high - low), 1e-3)
-    return max(0.0, low - pad), min(1.0, high + pad)
+    # Headroom above the lines for the kept op's name.
+    return max(0.0, low - pad), min(1.0, high + pad + 0.12 * (high - low))
 
 
 def alpha_course_figure(records: Sequence[Mapping[str, Any]],
