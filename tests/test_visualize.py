@@ -224,6 +224,13 @@ def test_tool_draws_a_run_directory(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(out)) == ["alpha_course.png", "normal.png", "reduce.png"]
 
+    # Before its first epoch ends a search has no genotype.json: the course alone, with a note.
+    (run / "genotype.json").unlink()
+    result = _tool("--model_dir=run", "--out=early", "--formats=svg", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "no genotype.json yet" in result.stderr
+    assert os.listdir(tmp_path / "early") == ["alpha_course.svg"]
+
 
 @pytest.mark.parametrize("content, message", [
     (None, "metrics.jsonl not found"),
