@@ -1,4 +1,6 @@
-"""Pictures of DARTS cells: the normal and reduction cell of a genotype as PNG and SVG.
+"""Pictures of a search: DARTS cells as PNG and SVG, and the alphas' course over the epochs.
+
+Cells: the normal and reduction cell of a genotype (`cell_figure`, `draw_genotype`).
 
 Drawn with matplotlib alone (no graphviz binary). The layout is fixed: the cell inputs
 c_{k-2} and c_{k-1} on the left, the intermediate nodes 0..n-1 in columns left to right,
@@ -6,16 +8,24 @@ alternately high and low, and the output c_{k} on the right. Each edge is a circ
 whose bend and label position are picked from a few candidates, one edge after the other,
 to keep arcs off unrelated nodes and labels off nodes, arcs and each other.
 
+The alphas' course (`alpha_course_figure`, `draw_alpha_course`, `alpha_course_image`): for
+every edge of both cells, the softmax weight of each op per epoch, read from the `"alphas"`
+of a search's metrics.jsonl records, as the small line plots of DARTS analyses.
+
 Uses matplotlib's object API with the Agg canvas (never pyplot), so drawing works without a
 display and does not touch a caller's pyplot state.
 """
+import json
 import os
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from il_tf.errors import OneLineError
+from il_tf.search_space import genotypes as genotypes_lib
 from il_tf.search_space.genotypes import Genotype, get_genotype
+from il_tf.search_space.ops import PRIMITIVES
 
 CELLS = ("normal", "reduce")
 FORMATS = ("png", "svg")
@@ -274,11 +284,12 @@ def cell_figure(genotype: Union[Genotype, str], cell: str = "normal",
 
 def _save_atomically(fig, path: str, fmt: str, dpi: int) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".cell-", suffix="." + fmt, dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".picture-", suffix="." + fmt, dir=directory)
     os.close(fd)
     try:
         metadata = {"Date": None} if fmt == "svg" else None  # reproducible SVG files
         fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white", metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; pictures are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -307,12 +318,8 @@ def draw_genotype(genotype: Union[Genotype, str], out_dir: Union[str, os.PathLik
         ImportError: if matplotlib is missing, with the command that installs it.
         ValueError: on a picture format matplotlib cannot write.
     """
-    matplotlib, figure, _, backend_agg = _matplotlib()
-    supported = backend_agg.FigureCanvasAgg(figure.Figure()).get_supported_filetypes()
-    unknown = [fmt for fmt in formats if fmt not in supported]
-    if unknown or not formats:
-        raise ValueError(f"unsupported picture format(s) {unknown or list(formats)}; "
-                         f"use any of {', '.join(sorted(supported))}")
+    matplotlib, _, _, _ = _matplotlib()
+    _check_formats(formats)
     if title is None and isinstance(genotype, str) and not os.path.exists(genotype):
         title = genotype.strip().upper()
     genotype = get_genotype(genotype)
@@ -328,3 +335,379 @@ def draw_genotype(genotype: Union[Genotype, str], out_dir: Union[str, os.PathLik
                 _save_atomically(fig, path, fmt, dpi)
                 paths.append(path)
     return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# The alphas' course: softmax(alpha) of every op on every edge, per epoch.
+
+METRICS_FILE = "metrics.jsonl"
+ALPHA_COURSE = "alpha_course"  # the pictures' name in a run directory: alpha_course.png, .svg
+
+# One colour per op; the op families keep the cell pictures' hues, the 5x5 variant is lighter
+# and dashed, so that a line can be matched with an edge label of the cell pictures.
+_COURSE_STYLE = {
+    "none": ("#a0a0a0", (0, (1, 1.5))),
+    "max_pool_3x3": ("#d95f02", "-"),
+    "avg_pool_3x3": ("#1b9e77", "-"),
+    "skip_connect": ("#111111", "-"),
+    "sep_conv_3x3": ("#1f5fa8", "-"),
+    "sep_conv_5x5": ("#5fa8e8", (0, (4, 1.5))),
+    "dil_conv_3x3": ("#7b3294", "-"),
+    "dil_conv_5x5": ("#c77cd6", (0, (4, 1.5))),
+}
+
+
+class AlphaCourseError(OneLineError, ValueError):
+    """Records or a metrics.jsonl that hold no usable alphas; the message says why and the fix."""
+
+
+class AlphaCourse(NamedTuple):
+    """The op weights over a search.
+
+    Attributes:
+        epochs: the epochs, ascending, shape (E,).
+        normal: softmax(alpha) of the normal cell per epoch, shape (E, edges, ops): edges in
+            DARTS order (node 0: inputs 0, 1; node 1: inputs 0, 1, 2; ...), ops in
+            `PRIMITIVES` order.
+        reduce: the same for the reduction cell.
+    """
+    epochs: np.ndarray
+    normal: np.ndarray
+    reduce: np.ndarray
+
+
+def _steps_of(edges: int) -> Optional[int]:
+    """The intermediate nodes of a cell with `edges` edges, None if no cell has that many."""
+    steps = 1
+    while genotypes_lib.num_edges(steps) < edges:
+        steps += 1
+    return steps if genotypes_lib.num_edges(steps) == edges else None
+
+
+def alpha_course(records: Iterable[Mapping[str, Any]]) -> AlphaCourse:
+    """The softmax of each record's raw alphas, per epoch.
+
+    Args:
+        records: metrics.jsonl records (dicts). Those without `"alphas"` are skipped; the others
+            carry `"epoch"` and `"alphas": {"normal": [[ops] x edges], "reduce": [...]}`, raw
+            (pre-softmax) alphas. Of several records of one epoch the last counts.
+
+    Returns:
+        An `AlphaCourse`, epochs ascending.
+
+    Raises:
+        AlphaCourseError: if no record has alphas, or a record's alphas or epoch are malformed.
+    """
+    by_epoch: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+    shape = None
+    for record in records:
+        if not isinstance(record, Mapping) or "alphas" not in record:
+            continue
+        epoch, alphas = record.get("epoch"), record["alphas"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise AlphaCourseError(f"a record with alphas has epoch {epoch!r}; expected an int")
+        if not isinstance(alphas, Mapping) or not all(c in alphas for c in CELLS):
+            raise AlphaCourseError(f"epoch {epoch}: 'alphas' must hold 'normal' and 'reduce'")
+        cells = []
+        for cell in CELLS:
+            try:
+                array = np.asarray(alphas[cell], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise AlphaCourseError(f"epoch {epoch}: alphas[{cell!r}] is not a numeric "
+                                       f"array") from None
+            if (array.ndim != 2 or array.shape[1] != len(PRIMITIVES)
+                    or _steps_of(array.shape[0]) is None):
+                raise AlphaCourseError(
+                    f"epoch {epoch}: alphas[{cell!r}] has shape {array.shape}; expected (edges, "
+                    f"{len(PRIMITIVES)}) with edges = 14 for 4 nodes, ops in PRIMITIVES order")
+            if shape is not None and array.shape != shape:
+                raise AlphaCourseError(f"epoch {epoch}: alphas[{cell!r}] has shape "
+                                       f"{array.shape}, other epochs {shape}")
+            shape = array.shape
+            cells.append(genotypes_lib.softmax(array))
+        by_epoch[epoch] = (cells[0], cells[1])
+    if not by_epoch:
+        raise AlphaCourseError("no record has alphas: not a search's metrics, or one written "
+                               "by an il_tf that did not log them")
+    epochs = sorted(by_epoch)
+    return AlphaCourse(epochs=np.array(epochs),
+                       normal=np.stack([by_epoch[e][0] for e in epochs]),
+                       reduce=np.stack([by_epoch[e][1] for e in epochs]))
+
+
+def read_metrics(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
+    """The records of a metrics.jsonl, or of `<path>/metrics.jsonl` when `path` is a run directory.
+
+    Raises:
+        AlphaCourseError: if the file is missing, empty or holds a line that is not JSON.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path) or not path.endswith(".jsonl"):
+        path = os.path.join(path, METRICS_FILE)
+    if not os.path.isfile(path):
+        raise AlphaCourseError(f"{path} not found: is it a search run directory "
+                               f"(tools/search.py --model_dir=...)?")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError as e:
+                raise AlphaCourseError(f"{path} line {number} is not JSON ({e}); the run was "
+                                       f"interrupted mid-write or the file is corrupt") from None
+    if not records:
+        raise AlphaCourseError(f"{path} is empty: the search has not logged its first epoch yet")
+    return records
+
+
+def _edge_inputs(steps: int) -> List[Tuple[int, int]]:
+    """(node, input) of every edge in DARTS order; input 0, 1 = c_{k-2}, c_{k-1}, i = node i-2."""
+    return [(node, j) for node in range(steps) for j in range(node + 2)]
+
+
+def _input_name(j: int, tex: bool = True) -> str:
+    if j < 2:
+        return (r"$c_{k-2}$", r"$c_{k-1}$")[j] if tex else ("c_{k-2}", "c_{k-1}")[j]
+    return f"node {j - 2}"
+
+
+def edge_labels(steps: int = 4) -> List[str]:
+    """Plain-text names of a cell's edges in DARTS order, e.g. "node 2 <- c_{k-1}"."""
+    return [f"node {node} <- {_input_name(j, tex=False)}" for node, j in _edge_inputs(steps)]
+
+
+def _last_genotype(records: Sequence[Mapping[str, Any]]) -> Optional[Genotype]:
+    for record in reversed(records):
+        if isinstance(record, Mapping) and "genotype" in record:
+            try:
+                return Genotype.from_dict(record["genotype"], source="metrics genotype")
+            except genotypes_lib.GenotypeError:
+                return None
+    return None
+
+
+def _y_range(weights: np.ndarray) -> Tuple[float, float]:
+    """One y range for all plots: the weights and the uniform 1/8, from 0 unless they all stay
+    near uniform (early in a search, or a short one), where 0 would flatten every line."""
+    uniform = 1.0 / len(PRIMITIVES)
+    low = min(float(weights.min()) if weights.size else 0.0, uniform)
+    high = max(float(weights.max()) if weights.size else 1.0, uniform)
+    if low < 0.5 * high:
+        low = 0.0
+    pad = max(0.06 * (high - low), 1e-3)
+    # Headroom above the lines for the kept op's name.
+    return max(0.0, low - pad), min(1.0, high + pad + 0.12 * (high - low))
+
+
+def alpha_course_figure(records: Sequence[Mapping[str, Any]],
+                        genotype: Union[Genotype, str, None] = None,
+                        title: Optional[str] = None):
+    """A matplotlib `Figure` of the alphas' course: one small line plot per edge, both cells.
+
+    Each cell is a triangle of plots: row i is intermediate node i, column j its input j
+    (c_{k-2}, c_{k-1}, node 0, ...), as in the cell pictures. A plot shows the softmax weight
+    of every op on that edge per epoch (one colour per op, one legend), on one y scale for all
+    plots; a dotted line marks the uniform weight 1/8. The edges the genotype keeps are framed
+    and name their op.
+
+    Args:
+        records: metrics.jsonl records; those without "alphas" are skipped (`alpha_course`).
+        genotype: the genotype whose edges to mark: a `Genotype`, name or genotype.json path.
+            Default: the last record's "genotype", else the one the last alphas give by the
+            DARTS rule (without PC-DARTS edge normalisation).
+        title: text in front of the heading, e.g. the run's name.
+
+    Returns:
+        A `matplotlib.figure.Figure` on an Agg canvas.
+
+    Raises:
+        AlphaCourseError: if the records hold no usable alphas.
+    """
+    _, figure, _, backend_agg = _matplotlib()
+    records = list(records)
+    course = alpha_course(records)
+    steps = _steps_of(course.normal.shape[1])
+    if genotype is not None:
+        genotype = get_genotype(genotype)
+    else:
+        genotype = _last_genotype(records)
+        if genotype is None and np.all(np.isfinite(course.normal[-1])) and np.all(
+                np.isfinite(course.reduce[-1])):
+            genotype = genotypes_lib.derive_genotype(
+                np.log(course.normal[-1]), np.log(course.reduce[-1]), steps=steps,
+                multiplier=steps)
+    if genotype is not None and genotype.steps != steps:
+        genotype = None  # a genotype of another cell size cannot mark these edges
+
+    # Layout in inches: per cell a triangle of `steps` rows and `steps + 1` columns, the
+    # normal cell above the reduction cell (narrow enough to stay legible in a README).
+    panel_w, panel_h, gap_w, gap_h = 1.6, 1.05, 0.2, 0.38
+    left, right, top, bottom, heading_h, between = 0.7, 0.15, 0.55, 0.5, 0.5, 0.62
+    cols = steps + 1
+    block_w = cols * panel_w + (cols - 1) * gap_w
+    block_h = steps * panel_h + (steps - 1) * gap_h
+    width = left + block_w + right
+    height = top + 2 * (heading_h + block_h) + between + bottom
+    fig = figure.Figure(figsize=(width, height))
+    backend_agg.FigureCanvasAgg(fig)
+
+    def place(x, y, w, h):  # inches from the bottom left -> figure fraction
+        return (x / width, y / height, w / width, h / height)
+
+    epochs = course.epochs
+    finite = np.concatenate([course.normal.ravel(), course.reduce.ravel()])
+    finite = finite[np.isfinite(finite)]
+    y_min, y_max = _y_range(finite)
+    x_pad = max(0.5, 0.03 * float(epochs[-1] - epochs[0]))
+    marker = "o" if len(epochs) <= 12 else None
+    lines = {}
+    corners = []  # (x, top y) of each cell's empty upper-right corner, inches
+
+    for c, cell in enumerate(CELLS):
+        weights = getattr(course, cell)
+        kept = {}
+        if genotype is not None:
+            for position, (op, j) in enumerate(getattr(genotype, cell)):
+                kept[(position // 2, j)] = op
+        block_top = height - top - c * (heading_h + block_h + between)
+        fig.text(left / width, (block_top - 0.05) / height,
+                 "Normal cell" if cell == "normal" else "Reduction cell",
+                 ha="left", va="top", fontsize=12, fontweight="bold")
+        panels_top = block_top - heading_h
+        corners.append((left + 2 * (panel_w + gap_w), panels_top))
+        for e, (node, j) in enumerate(_edge_inputs(steps)):
+            ax = fig.add_axes(place(left + j * (panel_w + gap_w),
+                                    panels_top - (node + 1) * panel_h - node * gap_h,
+                                    panel_w, panel_h))
+            ax.set_xlim(epochs[0] - x_pad, epochs[-1] + x_pad)
+            ax.set_ylim(y_min, y_max)
+            ax.axhline(1.0 / len(PRIMITIVES), color="#b0b0b0", linewidth=0.9,
+                       linestyle=(0, (6, 2, 1, 2)), zorder=1)
+            chosen = kept.get((node, j))
+            for o, op in enumerate(PRIMITIVES):
+                color, style = _COURSE_STYLE.get(op, ("#000000", "-"))
+                (line,) = ax.plot(epochs, weights[:, e, o], color=color, linestyle=style,
+                                  linewidth=2.2 if op == chosen else 1.2, marker=marker,
+                                  markersize=2.2, zorder=3 if op == chosen else 2, label=op)
+                if op != chosen:
+                    lines.setdefault(op, line)
+            ax.set_title(f"{_input_name(j)} → node {node}", fontsize=9, pad=2.5)
+            ax.tick_params(labelsize=7.5, length=2, pad=1.5)
+            ax.locator_params(axis="x", nbins=5, integer=True)
+            ax.locator_params(axis="y", nbins=4)
+            ax.grid(True, color="#eeeeee", linewidth=0.6, zorder=0)
+            if j > 0:
+                ax.tick_params(labelleft=False)
+            else:
+                ax.set_ylabel("weight", fontsize=8, labelpad=2)
+            if node < steps - 1:
+                ax.tick_params(labelbottom=False)
+            else:
+                ax.set_xlabel("epoch", fontsize=8, labelpad=1)
+            for spine in ax.spines.values():
+                spine.set_color("#222222" if chosen else "#b8b8b8")
+                spine.set_linewidth(1.8 if chosen else 0.7)
+            if chosen:
+                ax.text(0.03, 0.96, chosen, transform=ax.transAxes, ha="left", va="top",
+                        fontsize=7.5, fontweight="bold", zorder=4,
+                        color=_COURSE_STYLE.get(chosen, ("#000000", "-"))[0],
+                        bbox=dict(boxstyle="round,pad=0.15", facecolor="white",
+                                  edgecolor="none", alpha=0.85))
+
+    # The legend fills the empty corner of the normal cell's triangle, the notes the
+    # reduction cell's.
+    (legend_x, legend_top), (note_x, note_top) = corners
+    fig.legend([lines[op] for op in PRIMITIVES if op in lines],
+               [op for op in PRIMITIVES if op in lines], loc="upper left",
+               bbox_to_anchor=(legend_x / width, legend_top / height), ncol=2, fontsize=9,
+               frameon=False, handlelength=2.8, columnspacing=1.4, title="operation",
+               title_fontsize=9.5, alignment="left")
+    note = ["Each plot is one edge (input → node): the softmax weight of every op",
+            "per epoch, on one y scale for all plots. Dash-dot grey: the uniform 1/8."]
+    if genotype is not None:
+        note += ["Framed, with the op's name and a thick line: the edges the genotype",
+                 "keeps (per node the 2 whose strongest op other than none is strongest)."]
+    fig.text(note_x / width, (note_top - 0.05) / height, "\n".join(note), ha="left", va="top",
+             fontsize=8.5, color="#333333", linespacing=1.45)
+    heading = "Architecture weights over the search"
+    if title:
+        heading = f"{title}: architecture weights"
+    span = f"epochs {epochs[0]}-{epochs[-1]}" if len(epochs) > 1 else f"epoch {epochs[0]}"
+    fig.text(left / width, 1 - 0.12 / height, f"{heading} ({span})", ha="left", va="top",
+             fontsize=13, fontweight="bold")
+    return fig
+
+
+def _check_formats(formats: Sequence[str]) -> None:
+    _, figure, _, backend_agg = _matplotlib()
+    supported = backend_agg.FigureCanvasAgg(figure.Figure()).get_supported_filetypes()
+    unknown = [fmt for fmt in formats if fmt not in supported]
+    if unknown or not formats:
+        raise ValueError(f"unsupported picture format(s) {unknown or list(formats)}; "
+                         f"use any of {', '.join(sorted(supported))}")
+
+
+def draw_alpha_course(records: Sequence[Mapping[str, Any]],
+                      out_prefix: Union[str, os.PathLike],
+                      genotype: Union[Genotype, str, None] = None,
+                      title: Optional[str] = None, formats: Sequence[str] = FORMATS,
+                      dpi: int = 110) -> List[str]:
+    """Draws the alphas' course into `<out_prefix>.<fmt>`, replacing earlier files atomically.
+
+    Meant to be called after every epoch of a search with the metrics.jsonl records so far,
+    e.g. `draw_alpha_course(records, os.path.join(model_dir, "alpha_course"))`.
+
+    Args:
+        records: metrics.jsonl records; those without "alphas" are skipped.
+        out_prefix: path without extension; its directory is created if missing.
+        genotype: the genotype whose edges to mark (see `alpha_course_figure`).
+        title: text in front of the heading.
+        formats: file formats, any of "png", "svg" (or others matplotlib writes).
+        dpi: resolution of raster formats.
+
+    Returns:
+        The paths written, in `formats` order.
+
+    Raises:
+        AlphaCourseError: if the records hold no usable alphas.
+        ImportError: if matplotlib is missing, with the command that installs it.
+        ValueError: on a picture format matplotlib cannot write.
+    """
+    matplotlib, _, _, _ = _matplotlib()
+    _check_formats(formats)
+    fig = alpha_course_figure(records, genotype=genotype, title=title)
+    out_prefix = os.fspath(out_prefix)
+    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
+    paths = []
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "il_tf"}):
+        for fmt in formats:
+            path = f"{out_prefix}.{fmt}"
+            _save_atomically(fig, path, fmt, dpi)
+            paths.append(path)
+    return paths
+
+
+def alpha_course_image(records: Sequence[Mapping[str, Any]],
+                       genotype: Union[Genotype, str, None] = None,
+                       title: Optional[str] = None, dpi: int = 80) -> np.ndarray:
+    """The alphas' course as an RGBA image for TensorBoard.
+
+    Log it with `tf.summary.image("alpha_course", image[None], step=...)`.
+
+    Args:
+        records, genotype, title: as for `alpha_course_figure`.
+        dpi: pixels per inch (80: about 1,300 x 500 pixels for DARTS's cells).
+
+    Returns:
+        A uint8 array of shape (height, width, 4).
+
+    Raises:
+        AlphaCourseError: if the records hold no usable alphas.
+    """
+    fig = alpha_course_figure(records, genotype=genotype, title=title)
+    fig.set_dpi(dpi)
+    fig.patch.set_facecolor("white")
+    fig.canvas.draw()
+    return np.array(fig.canvas.buffer_rgba(), dtype=np.uint8)
