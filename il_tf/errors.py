@@ -45,3 +45,7 @@ class RunInterrupted(OneLineError, RuntimeError):
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
         self.signal_number = signal_number
+
+
+class MetricsError(OneLineError, ValueError):
+    """A run's metrics.jsonl that is missing (where required) or corrupt."""

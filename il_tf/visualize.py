@@ -15,7 +15,6 @@ of a search's metrics.jsonl records, as the small line plots of DARTS analyses.
 Uses matplotlib's object API with the Agg canvas (never pyplot), so drawing works without a
 display and does not touch a caller's pyplot state.
 """
-import json
 import os
 import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
@@ -23,6 +22,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 import numpy as np
 
 from il_tf.errors import OneLineError
+from il_tf.runs import metrics as run_metrics
 from il_tf.search_space import genotypes as genotypes_lib
 from il_tf.search_space.genotypes import Genotype, get_genotype
 from il_tf.search_space.ops import PRIMITIVES
@@ -340,7 +340,7 @@ def draw_genotype(genotype: Union[Genotype, str], out_dir: Union[str, os.PathLik
 # ----------------------------------------------------------------------------------------------
 # The alphas' course: softmax(alpha) of every op on every edge, per epoch.
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = run_metrics.METRICS_FILE
 ALPHA_COURSE = "alpha_course"  # the pictures' name in a run directory: alpha_course.png, .svg
 
 # One colour per op; the op families keep the cell pictures' hues, the 5x5 variant is lighter
@@ -439,26 +439,13 @@ def read_metrics(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
     """The records of a metrics.jsonl, or of `<path>/metrics.jsonl` when `path` is a run directory.
 
     Raises:
-        AlphaCourseError: if the file is missing, empty or holds a line that is not JSON.
+        MetricsError: if the file is missing or holds a line that is not JSON.
+        AlphaCourseError: if it is empty.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path) or not path.endswith(".jsonl"):
-        path = os.path.join(path, METRICS_FILE)
-    if not os.path.isfile(path):
-        raise AlphaCourseError(f"{path} not found: is it a search run directory "
-                               f"(tools/search.py --model_dir=...)?")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError as e:
-                raise AlphaCourseError(f"{path} line {number} is not JSON ({e}); the run was "
-                                       f"interrupted mid-write or the file is corrupt") from None
+    records = run_metrics.read_metrics(os.fspath(path), required=True)
     if not records:
-        raise AlphaCourseError(f"{path} is empty: the search has not logged its first epoch yet")
+        raise AlphaCourseError(f"{path} holds no record: the search has not logged its first "
+                               f"epoch yet")
     return records
 
 

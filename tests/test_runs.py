@@ -381,3 +381,68 @@ def test_metrics_trim_drops_records_after_the_restored_step_and_a_cut_line(tmp_p
     path.write_text('{"epoch": 1, "step": 3}\n{"epoch": 2, "step": 6}\n{"epoch": 3, "st')
     log.trim(3)
     assert path.read_text() == '{"epoch": 1, "step": 3}\n'
+
+
+class _Counter:
+    """A tiny program for the loop alone: w += (seed, step)-derived noise each step."""
+
+    def __new__(cls, *args, **kwargs):
+        from il_tf import runs  # pylint: disable=g-import-not-at-top
+
+        class Counter(runs.Program):
+            stats = ("sum",)
+            epochs, steps_per_epoch, steps_per_call = 2, 3, 2
+
+            def __init__(self):
+                import tensorflow as tf  # pylint: disable=g-import-not-at-top
+                self.w = tf.Variable(0.0)
+                self.epoch = None
+
+            def checkpoint_objects(self):
+                return {"w": self.w}
+
+            def start_epoch(self, epoch, step):
+                self.epoch = epoch
+
+            def run_steps(self, step, count):
+                for s in range(step, step + count):
+                    self.w.assign_add(float(np.random.default_rng(s).normal()))
+                return np.array([float(self.w.numpy())])
+
+            def images_per_step(self):
+                return 1
+
+            def progress_values(self, totals, images_per_second):
+                return {"sum": float(totals[0])}
+
+            def end_epoch(self, epoch, totals):
+                return {"w": float(self.w.numpy())}
+
+            def epoch_line(self, record):
+                return f"w {record['w']}"
+
+            def write_outputs(self, record, records):
+                with open(os.path.join(self.run_dir_path, "output.txt"), "w") as f:
+                    f.write(str(record["w"]))
+
+        return Counter(*args, **kwargs)
+
+
+def test_a_non_chief_worker_writes_nothing_into_the_run_dir(tmp_path, capsys):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from il_tf import runs  # pylint: disable=g-import-not-at-top
+    program = _Counter()
+    program.run_dir_path = str(tmp_path / "run")
+    with runs.RunDir(program.run_dir_path, chief=False) as run_dir:
+        result = runs.RunLoop(run_dir, program, tf.distribute.get_strategy(),
+                              checkpoint_every_steps=2).run()
+    assert result["epoch"] == 2 and result["w"] == float(program.w.numpy())
+    assert not os.path.exists(program.run_dir_path)
+    assert capsys.readouterr().out == ""
+    chief = _Counter()
+    chief.run_dir_path = str(tmp_path / "chief")
+    with runs.RunDir(chief.run_dir_path) as run_dir:
+        runs.RunLoop(run_dir, chief, tf.distribute.get_strategy(),
+                     checkpoint_every_steps=2).run()
+    assert float(open(os.path.join(chief.run_dir_path, "output.txt")).read()) == \
+        float(program.w.numpy())

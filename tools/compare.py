@@ -10,7 +10,6 @@ edges that differ from the first run's (an edge = (cell, node input slot): op an
 the genotype's op histogram (normal + reduce cells).
 """
 import collections
-import json
 import os
 import sys
 
@@ -20,6 +19,7 @@ import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from il_tf.errors import OneLineError  # pylint: disable=g-import-not-at-top,wrong-import-position
+from il_tf.runs import metrics as run_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from il_tf.search_space import genotypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_multi_string("model_dir", None, "A search run directory (repeat; the first is "
@@ -36,19 +36,7 @@ class RunReadError(OneLineError, ValueError):
 def read_run(model_dir):
     """(name, epoch records, Genotype) of one run directory."""
     path = os.path.join(model_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise RunReadError(f"{path} not found: is {model_dir} a search run directory "
-                           "(tools/search.py --model_dir=...)?")
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError as error:
-                raise RunReadError(f"{path} line {number} is not JSON ({error}); the run was "
-                                   "interrupted mid-write or the file is corrupt.") from None
+    records = run_metrics.read_metrics(model_dir, required=True)
     epochs = [r for r in records if r.get("epoch", 0) > 0 and "val_loss" in r]
     if not epochs:
         raise RunReadError(f"{path} has no finished epoch yet; let the search run an epoch.")

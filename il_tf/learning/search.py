@@ -11,8 +11,8 @@ resume, metrics, progress and signals. What is the search's own:
 - at each epoch's end (PAPER.md's model selection) each learner's mean validation loss over
   its whole D_k^val in inference mode; `genotype.json` is the epoch's genotype and
   `genotype_best.json` the one at the lowest summed validation loss;
-- the run directory also gets the alphas' course (`alphas.png`/`.svg`, every epoch) and
-  the final genotype's cells (`cells/`).
+- the run directory also gets the alphas' course (`alpha_course.png`/`.svg`, every
+  epoch, and in TensorBoard) and the final genotype's cells (`cells/`).
 
 metrics.jsonl records: `epoch`, `step` (iterations done), `learners`, `train_loss`,
 `train_acc`, `val_loss`, `val_acc` (one entry per learner), `val_loss_sum`, `best`,
@@ -50,12 +50,6 @@ def alpha_entropy(alphas: np.ndarray) -> float:
     """Mean entropy (nats) of the rows' softmax: log(8) = 2.079 when uniform."""
     p = genotypes.softmax(alphas)
     return float(np.mean(-np.sum(p * np.log(p + 1e-12), axis=-1)))
-
-
-def _softmax_image(alphas: np.ndarray) -> np.ndarray:
-    p = genotypes.softmax(alphas)
-    img = np.kron(p / max(p.max(), 1e-12), np.ones((8, 8)))  # 8x8 pixels per entry
-    return img[:, :, None].astype(np.float32)
 
 
 @gin.configurable("search", module="il_tf", denylist=["model_dir"])
@@ -285,15 +279,16 @@ class SearchProgram(runs.Program):
         for key in ("val_loss_sum", "alpha_entropy_normal", "alpha_entropy_reduce"):
             if key in record:
                 scalars[key.replace("alpha_entropy_", "alpha_entropy/")] = record[key]
-        images = {f"softmax_alpha/{cell}": _softmax_image(np.array(record["alphas"][cell]))
-                  for cell in ("normal", "reduce")}
-        return scalars, images
+        from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
+        return scalars, {"alpha_course": visualize.alpha_course_image(records)}
 
     def write_outputs(self, record, records) -> None:
         genotype = genotypes.Genotype.from_dict(record["genotype"])
         genotype.save(self.run_dir.join("genotype.json"))
         if record["best"]:
             genotype.save(self.run_dir.join("genotype_best.json"))
+        from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
+        visualize.draw_alpha_course(records, self.run_dir.join(visualize.ALPHA_COURSE))
 
     def finish(self, records: Sequence[Mapping]) -> Dict:
         result = dict(records[-1]) if records else {}
@@ -322,8 +317,9 @@ class SearchProgram(runs.Program):
             f"{result['alpha_entropy_reduce']:.3f} nats (uniform: {np.log(8):.3f})",
             f"normal cell: {_ops(genotype.normal)}",
             f"reduce cell: {_ops(genotype.reduce)}",
-            f"files: {os.path.join(d, 'genotype_best.json')}"
-            + (f", {os.path.join(d, 'cells')}/" if self.draw_cells else ""),
+            f"files: {os.path.join(d, 'genotype_best.json')}, the alphas' course in "
+            f"{os.path.join(d, 'alpha_course.png')}"
+            + (f", the cells in {os.path.join(d, 'cells')}/" if self.draw_cells else ""),
             f"next: python tools/train.py --genotype={os.path.join(d, 'genotype_best.json')}",
         ]
         return lines

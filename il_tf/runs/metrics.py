@@ -12,29 +12,43 @@ from typing import Dict, List, Mapping
 import numpy as np
 import tensorflow as tf
 
+from il_tf.errors import MetricsError
 from il_tf.runs.run_dir import write_atomically
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
-def read_metrics(run_dir: str) -> List[Dict]:
-    """The records of `run_dir/metrics.jsonl` (an empty list when there are none).
+def read_metrics(run_dir: str, required: bool = False) -> List[Dict]:
+    """The records of `run_dir/metrics.jsonl` (or of that file, if given its path).
 
     A last line cut short by a kill is ignored: it was written before its checkpoint and is
     written again when the run resumes.
+
+    Args:
+      run_dir: a run directory, or the path of a metrics.jsonl.
+      required: a missing file is an error (else: no records).
+
+    Raises:
+      MetricsError: a missing file (when required) or a line that is not JSON.
     """
-    path = os.path.join(run_dir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = run_dir if run_dir.endswith(".jsonl") else os.path.join(run_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        if required:
+            raise MetricsError(f"{path} not found: is {os.path.dirname(path) or '.'} a run "
+                               f"directory (tools/search.py or tools/train.py --model_dir=...)?")
         return []
     records = []
-    with open(path) as f:
-        for line in f:
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
             try:
                 records.append(json.loads(line))
-            except ValueError:
+            except ValueError as error:
                 if line.endswith("\n"):
-                    raise
+                    raise MetricsError(f"{path} line {number} is not JSON ({error}); the file "
+                                       f"is corrupt.") from None
     return records
 
 
