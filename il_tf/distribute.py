@@ -2,9 +2,15 @@
 
 "auto": MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster, MirroredStrategy over
 all local GPUs when there is more than one, otherwise the default (one device) strategy.
+
+A process makes each kind of strategy once: MultiWorkerMirroredStrategy configures
+TensorFlow's collective ops, which is possible only before TensorFlow runs its first op, so
+the tools call `get_strategy()` right after parsing their configuration, before the tasks
+are built, and the roots get the same object back.
 """
 import json
 import os
+from typing import Optional
 
 import gin
 import tensorflow as tf
@@ -12,9 +18,25 @@ import tensorflow as tf
 from il_tf.data import tasks as tasks_lib
 
 
+_STRATEGIES = {}
+
+
 @gin.configurable(module="il_tf")
-def get_strategy(kind: str = "auto"):
-    """Returns the strategy of `kind`: auto, default, mirrored or multi_worker."""
+def get_strategy(kind: str = "auto", collective_timeout: Optional[float] = 600.0):
+    """Returns the strategy of `kind`: auto, default, mirrored or multi_worker (made once).
+
+    Args:
+      kind: which strategy (see the module docstring).
+      collective_timeout: multi-worker only: seconds a collective waits for the other
+        workers before the run stops with one line (a worker died or the network broke);
+        None waits forever.
+    """
+    if kind not in _STRATEGIES:
+        _STRATEGIES[kind] = _make_strategy(kind, collective_timeout)
+    return _STRATEGIES[kind]
+
+
+def _make_strategy(kind: str, collective_timeout: Optional[float]):
     if kind == "auto":
         cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
         if sum(len(v) for v in cluster.values()) > 1:
@@ -28,7 +50,9 @@ def get_strategy(kind: str = "auto"):
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
     if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=collective_timeout)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     raise ValueError(f"unknown strategy {kind!r}; use auto, default, mirrored or multi_worker.")
 
 

@@ -49,3 +49,7 @@ class RunInterrupted(OneLineError, RuntimeError):
 
 class MetricsError(OneLineError, ValueError):
     """A run's metrics.jsonl that is missing (where required) or corrupt."""
+
+
+class WorkerLostError(OneLineError, RuntimeError):
+    """A multi-worker run lost a peer (it stopped or the network failed)."""

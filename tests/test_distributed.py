@@ -1,5 +1,6 @@
 """Multi-worker search: two worker processes on 127.0.0.1 end with identical alphas that
 equal a one-process run on the same global batches."""
+import json
 import os
 import socket
 import subprocess
@@ -43,3 +44,40 @@ def test_two_workers_match_one_process(tmp_path):
     # The alphas really moved (a test that cannot fail otherwise would prove nothing).
     for key, init in (("arr_0", "init_normal"), ("arr_1", "init_reduce")):
         assert np.abs(one[key] - one[init]).max() > 4e-3  # about two Adam steps of 3e-3
+
+
+def _worker_env(ports, index):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+        "task": {"type": "worker", "index": index}})
+    return env
+
+
+@pytest.mark.slow
+def test_two_workers_run_the_search_tool_into_one_run_dir_written_once(data_dir, tmp_path):
+    """The README's multi-machine command, on 127.0.0.1: each worker runs tools/search.py
+    with its own TF_CONFIG and the same --model_dir; the chief alone writes it."""
+    model_dir = str(tmp_path / "run")
+    bindings = [f"il_tf.data.tfds_config.data_dir = '{data_dir}'", "il_tf.search.epochs = 2",
+                "il_tf.search.max_steps_per_epoch = 2", "il_tf.search.channels = 2",
+                "il_tf.search.layers = 2", "il_tf.search.batch_size = 8",
+                "il_tf.search.eval_batch_size = 512", "il_tf.search.verbose = 0",
+                "il_tf.search.draw_cells = False"]
+    cmd = [sys.executable, os.path.join(os.path.dirname(SCRIPT), "..", "tools", "search.py"),
+           f"--model_dir={model_dir}"] + [f"--gin_bindings={b}" for b in bindings]
+    ports = [_free_port(), _free_port()]
+    workers = [subprocess.Popen(cmd, env=_worker_env(ports, i), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [w.communicate(timeout=900) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+    chief_out, worker_out = outputs[0][0], outputs[1][0]
+    assert "search done" in chief_out and worker_out.strip() == ""  # One display, the chief's.
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        assert [json.loads(line)["epoch"] for line in f] == [0, 1, 2]  # Each epoch once.
+    names = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
+    assert names == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index",
+                     "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+    for name in ("genotype.json", "genotype_best.json", "config.gin", "alpha_course.png"):
+        assert os.path.getsize(os.path.join(model_dir, name)) > 0

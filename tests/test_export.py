@@ -271,7 +271,11 @@ def test_bad_checkpoints_give_one_error_and_write_nothing(run_dir, exported, tmp
     with open(data_file, "r+b") as f:
         f.truncate(os.path.getsize(data_file) // 2)
     taken = os.path.join(run_dir, "export")
+    a_file = str(tmp_path / "a_file")
+    with open(a_file, "w") as f:
+        f.write("precious")
     processes = [
+        (_tool("export.py", f"--model_dir={run_dir}", f"--export_dir={a_file}"), "is a file"),
         (_tool("export.py", f"--model_dir={corrupt}"), "cannot be read"),
         (_tool("export.py", f"--model_dir={missing}"), "no checkpoint in"),
         (_tool("export.py", f"--model_dir={run_dir}", "--version=1"), "exists"),
@@ -282,6 +286,7 @@ def test_bad_checkpoints_give_one_error_and_write_nothing(run_dir, exported, tmp
     for directory in (corrupt, missing):
         assert not os.path.exists(os.path.join(directory, "export"))
     assert sorted(os.listdir(os.path.join(taken, "digits"))) == ["1", "2"]
+    assert open(a_file).read() == "precious"
 
 
 def test_evaluation_transform_matches_the_input_pipeline():

@@ -168,7 +168,9 @@ def test_sigint_saves_exits_130_with_the_resume_command_and_resumes_exactly(
     assert f"--model_dir={model_dir}" in resume
     assert os.listdir(os.path.join(model_dir, "checkpoints"))
     reference_process()
-    _run(cmd)
+    resumed = subprocess.run(resume, shell=True, cwd=REPO, capture_output=True, text=True,
+                             timeout=600)  # The printed command, as the user would paste it.
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(model_dir, reference)
 
 
@@ -209,6 +211,22 @@ def test_diverged_search_exits_nonzero_and_leaves_nothing_nonfinite_and_no_genot
             value = reader.get_tensor(key)
             if isinstance(value, np.ndarray) and value.dtype.kind == "f":
                 assert np.all(np.isfinite(value)), (prefix, key)
+
+
+@pytest.mark.slow
+def test_the_divergence_hint_is_a_command_that_resumes_the_run(data_dir, tmp_path):
+    model_dir = str(tmp_path / "run")
+    # Iteration 3 is epoch 2's first; ckpt-2 and ckpt-3 were saved before it.
+    _, err = _run(_search_cmd(model_dir, data_dir, "il_tf.search.fail_on_step = 3"),
+                  returncode=1)
+    line = _one_error_line(err)
+    assert "learner 2" in line and "iteration 3" in line, line
+    assert "the last good checkpoint ckpt-3" in line, line
+    binding = line.split("--gin_bindings='", 1)[1].split("'", 1)[0]
+    out, _ = _run(_search_cmd(model_dir, data_dir, binding))
+    assert "resuming from ckpt-3" in out and "search done" in out
+    assert [r["epoch"] for r in _metrics(model_dir)] == [0, 1, 2]
+    assert "weight_lr = 0.0125" in open(os.path.join(model_dir, "config.gin")).read()
 
 
 def _prefixes(model_dir):
@@ -253,11 +271,19 @@ def test_a_run_dir_whose_checkpoints_are_all_unreadable_is_refused_untouched(
     os.remove(os.path.join(model_dir, "checkpoints", "checkpoint"))
     before = {n: open(os.path.join(model_dir, n), "rb").read()
               for n in ("metrics.jsonl", "genotype.json")}
-    _, err = _run(_search_cmd(model_dir, data_dir), returncode=1)
+    cmd = _search_cmd(model_dir, data_dir)
+    _, err = _run(cmd, returncode=1)
     line = _one_error_line(err)
     assert "no readable checkpoint" in line and "mv " in line, line
     for name, content in before.items():
         assert open(os.path.join(model_dir, name), "rb").read() == content
+    # Following the hint keeps the broken run aside and starts over.
+    move = "mv " + line.split("mv ", 1)[1].split(")", 1)[0]
+    subprocess.run(move, shell=True, check=True)
+    _run(cmd)
+    _assert_same_run(model_dir, reference)
+    for name, content in before.items():
+        assert open(os.path.join(model_dir + ".broken", name), "rb").read() == content
 
 
 # ----------------------------------------------------------------------------- retraining
@@ -269,9 +295,10 @@ def test_retraining_killed_mid_epoch_ends_as_uninterrupted_with_drop_path_and_cu
     model_dir = str(tmp_path / "run")
     reference_process = _Background(_train_cmd(reference, data_dir))
     cmd = _train_cmd(model_dir, data_dir)
-    # 2 epochs x 5 steps, loops of 2 steps, checkpoints at 3, 5, 6, 9, 10: killed after step
-    # 4 (resumes from ckpt-3, mid-epoch) and while writing ckpt-9.
-    _run(cmd, kill_at="step:4", returncode=-signal.SIGKILL)
+    # 2 epochs x 5 steps in loops of at most 2 steps, cut at the checkpoints (every 3 steps
+    # and at epoch ends): 2, 3, 5 | 6, 8, 9, 10. Killed after step 8 (resumes from ckpt-6,
+    # inside epoch 2) and while writing ckpt-9.
+    _run(cmd, kill_at="step:8", returncode=-signal.SIGKILL)
     _run(cmd, kill_at="save:9", returncode=-signal.SIGKILL)
     _run(cmd)
     reference_process()

@@ -77,6 +77,10 @@ def parse_gin(extra_files: Sequence[str] = (), extra_bindings: Sequence[str] = (
     """
     config.parse(list(extra_files) + list(gin_files()),
                  list(extra_bindings) + list(FLAGS.gin_bindings), imports=imports)
+    # The strategy before anything else runs a TensorFlow op: a multi-worker one can only
+    # configure collective ops then (see il_tf.distribute).
+    from il_tf import distribute  # pylint: disable=g-import-not-at-top
+    distribute.get_strategy()
 
 
 VERBOSE_ENV = "IL_TF_VERBOSE"

@@ -86,7 +86,9 @@ class TfdsSource:
         try:
             self.builder = tfds.builder(name, data_dir=self._data_dir)
         except tfds.core.registered.DatasetNotFoundError as error:
-            raise ValueError(f"{name}: not a tfds dataset ({_first_line(error)})") from None
+            raise ValueError(f"{name}: not a tfds dataset ({_first_line(error)}); check the name "
+                             f"against python -c 'import tensorflow_datasets as tfds; "
+                             f"print(tfds.list_builders())'") from None
         info = self.builder.info
         if info.supervised_keys is None or len(info.supervised_keys) != 2:
             raise ValueError(f"{name}: tfds dataset has no (image, label) supervised keys")

@@ -193,7 +193,12 @@ def export(model_dir: str, export_dir: Optional[str] = None, *, version: Optiona
         raise ExportError(f"--version must be a positive integer, got {version}.")
     restored = restore(model_dir, checkpoint)  # Before anything is written.
     name = model_name_of(model_name or restored.task.name)
-    model_base = os.path.join(export_dir or os.path.join(model_dir, "export"), name)
+    base = export_dir or os.path.join(model_dir, "export")
+    for path in (model_dir, base):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ExportError(f"{path} is a file, not a directory; pass a directory as "
+                              f"--{'model_dir' if path == model_dir else 'export_dir'}.")
+    model_base = os.path.join(base, name)
     if version is not None and version in versions(model_base):
         raise ExportError(f"{os.path.join(model_base, str(version))} exists; versions are never "
                           f"overwritten (omit --version to write version "

@@ -162,16 +162,20 @@ class Keeper:
         and after a restore.
       directory: where the `ckpt-N` files and the index live.
       max_to_keep: older checkpoints are deleted once a newer one is saved.
+      write_directory: where `save` writes, if not `directory`: a non-chief worker restores
+        the chief's checkpoints but writes its own into a scratch directory.
       on_write: called between writing a checkpoint and listing it in the index (a
         fault-injection point for the tests of a save killed half-way).
     """
 
     def __init__(self, checkpoint: tf.train.Checkpoint, variables: Sequence[tf.Variable],
-                 directory: str, max_to_keep: int = 3, on_write=None):
+                 directory: str, max_to_keep: int = 3, on_write=None,
+                 write_directory: Optional[str] = None):
         self.checkpoint = checkpoint
         _ = checkpoint.save_counter  # Created lazily; saved so that `read` matches it.
         self.variables = list(variables)
         self.directory = directory
+        self.write_directory = write_directory or directory
         self.max_to_keep = max(1, max_to_keep)
         self._on_write = on_write
         self.latest: Optional[str] = None
@@ -183,25 +187,25 @@ class Keeper:
             raise TrainingDivergedError(
                 f"the state at step {number} holds non-finite values ({len(bad)} variables, "
                 f"e.g. {bad[0]}); it was not saved")
-        os.makedirs(self.directory, exist_ok=True)
-        path = self.checkpoint.write(os.path.join(self.directory, f"{PREFIX}-{number}"))
+        os.makedirs(self.write_directory, exist_ok=True)
+        path = self.checkpoint.write(os.path.join(self.write_directory, f"{PREFIX}-{number}"))
         if self._on_write:
             self._on_write(number)
-        kept = [p for p in numbered(self.directory) if number_of(p) <= number]
+        kept = [p for p in numbered(self.write_directory) if number_of(p) <= number]
         for old in kept[:-self.max_to_keep]:
             for name in glob.glob(glob.escape(old) + ".*"):
                 os.remove(name)
-        self._write_index(kept[-self.max_to_keep:])
+        self._write_index(self.write_directory, kept[-self.max_to_keep:])
         self.latest = path
         return path
 
-    def _write_index(self, paths: Sequence[str]) -> None:
+    def _write_index(self, directory: str, paths: Sequence[str]) -> None:
         # The `checkpoint` index TF's own tools read (tf.train.latest_checkpoint): a
         # CheckpointState text proto with paths relative to the directory.
         names = [os.path.basename(p) for p in paths]
         text = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(
             f'all_model_checkpoint_paths: "{n}"\n' for n in names)
-        write_atomically(os.path.join(self.directory, "checkpoint"), text)
+        write_atomically(os.path.join(directory, "checkpoint"), text)
 
     def restore(self) -> Optional[str]:
         """Restores the newest readable, finite checkpoint; None when there is none at all.
@@ -226,9 +230,10 @@ class Keeper:
                 logging.warning("%s: %s cannot be used (%s); resuming from %s instead.",
                                 self.directory, ", ".join(failures),
                                 next(iter(failures.values())), os.path.basename(path))
-            kept = [p for p in candidates if p not in
-                    {os.path.join(self.directory, n) for n in failures}]
-            self._write_index(kept)
+            if self.write_directory == self.directory:
+                kept = [p for p in candidates if p not in
+                        {os.path.join(self.directory, n) for n in failures}]
+                self._write_index(self.directory, kept)
             self.latest = path
             return path
         if failures:
