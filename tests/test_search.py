@@ -7,7 +7,6 @@ import sys
 import time
 
 import gin
-import numpy as np
 import pytest
 
 import il_tf
