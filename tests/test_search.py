@@ -13,7 +13,10 @@ import il_tf
 from il_tf.learning import search as search_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAX_ENTROPY = 2.0  # nats; the alphas moved, not only rounded (log 8 = 2.079)
+# Nats: the alphas moved, not only rounded (log 8 = 2.0794 when uniform; 2.07934 at the old
+# arch_lr). Measured after `run`'s 24 iterations, Eigen/oneDNN x 1/2 intra-op threads:
+# normal 1.909-1.988, reduce 1.850-1.892.
+MAX_ENTROPY = 2.04
 TINY = dict(batch_size=16, channels=2, layers=3, max_steps_per_epoch=4, eval_batch_size=512,
             verbose=0, draw_cells=True)
 
@@ -58,8 +61,7 @@ def test_search_lowers_every_learners_val_loss_and_moves_alphas(run):
     model_dir, record = run
     first = _records(model_dir)[0]
     assert all(after < before for after, before in zip(record["val_loss"], first["val_loss"]))
-    # Mean softmax entropy per cell type, log 8 = 2.079 when uniform; measured 1.916 (normal)
-    # and 1.892 (reduce) after the 24 iterations.
+    # Mean softmax entropy of each cell type's alphas (see MAX_ENTROPY).
     assert record["alpha_entropy_normal"] <= MAX_ENTROPY, record["alpha_entropy_normal"]
     assert record["alpha_entropy_reduce"] <= MAX_ENTROPY, record["alpha_entropy_reduce"]
 
