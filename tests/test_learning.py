@@ -44,20 +44,13 @@ def net():
     return conftest.tiny_supernet(CHANNELS, LAYERS, SIZE)
 
 
-def _smooth(model):
-    """The same supernet with its kinks removed: softplus(4x)/4 for every ReLU and average
-    for max pooling, so that its loss is twice differentiable (see "eq. 4: g_k" below)."""
-    for layer in model._flatten_layers():  # pylint: disable=protected-access
-        if isinstance(layer, ops_lib.Composite):
-            layer.activation = lambda x: tf.nn.softplus(4.0 * x) / 4.0
-        if isinstance(layer, ops_lib.Pool) and layer.kind == "max":
-            layer.kind = "avg"
-    return model
-
-
 @pytest.fixture(scope="module")
 def smooth_net():
-    return _smooth(conftest.tiny_supernet(CHANNELS, LAYERS, SIZE))
+    """The same supernet with its kinks removed (`ops.kink_free`: softplus(4x)/4 for every
+    ReLU, average for max pooling), so that its loss is twice differentiable (see "eq. 4:
+    g_k" below)."""
+    with ops_lib.kink_free():
+        return conftest.tiny_supernet(CHANNELS, LAYERS, SIZE)
 
 
 def _optimizer_factory(net):
@@ -165,8 +158,8 @@ def _rel(a, b):
 #    smoothed but the max pools kept, still 94% (`exact` 5%).
 #  - F itself jumps (by ~0.4 xi) every ~5e-3 of a unit step in A.
 # So the three hypergradients are checked against central differences of F on the same tiny
-# supernet made smooth (`_smooth`: softplus(4x)/4, average pooling), where all three are
-# approximations of one derivative (measured: joint 1.3%, split 1.3%, exact 1.4%). On the
+# supernet made smooth (`ops.kink_free`: softplus(4x)/4, average pooling), where all three
+# are approximations of one derivative (measured: joint 1.3%, split 1.3%, exact 1.4%). On the
 # real (ReLU) supernet `joint` and `split` are checked to compute eq. 4's formula exactly
 # (the same finite differences written out with plain tapes, at the same eps), which is also
 # where the two can be told apart. FD_STEP = 1e-4 in A: float32 rounding of F (~1e-7) then
@@ -282,14 +275,17 @@ def hyper_reference(make_smooth_opt):
 HYPER_TOLERANCE = 0.03
 
 
-def test_smooth_net_has_no_kinked_functions_left(smooth_net):
-    """`_smooth` really swapped the kinked functions (else the checks below prove nothing
-    about smoothness): no max pool is left and the convs' activations are replaced."""
-    layers = list(smooth_net._flatten_layers())  # pylint: disable=protected-access
-    assert any(isinstance(l, ops_lib.Pool) for l in layers)
-    assert not any(isinstance(l, ops_lib.Pool) and l.kind == "max" for l in layers)
-    assert sum(isinstance(l, ops_lib.Composite) and l.activation is not ops_lib.Composite.activation
-               for l in layers) > 10
+def test_smooth_net_has_no_kinked_functions_left(net, smooth_net):
+    """`ops.kink_free` really swapped the kinked functions (else the checks below prove
+    nothing about smoothness): no max pool is left and the convs' activations are replaced;
+    the real net, built outside the context, keeps both."""
+    for model, kink_free in ((smooth_net, True), (net, False)):
+        layers = list(model._flatten_layers())  # pylint: disable=protected-access
+        pools = [l.kind for l in layers if isinstance(l, ops_lib.Pool)]
+        assert pools and ("max" in pools) != kink_free
+        swapped = [isinstance(l, ops_lib.Composite)
+                   and l.activation is not ops_lib.Composite.activation for l in layers]
+        assert sum(swapped) > 10 if kink_free else not any(swapped)
 
 
 @pytest.mark.parametrize("hessian", ["exact", "joint", "split"])
@@ -554,9 +550,10 @@ def test_one_learner_is_second_order_darts(make_opt):
 # --------------------------------------------------------- 2 replicas == 1 replica (subprocess)
 
 def test_two_replicas_equal_one():
-    """A MirroredStrategy over 2 logical CPUs runs 2 iterations (K=2, second order, joint)
-    to the same state as the default strategy on the same global batch; see
-    tests/_two_replicas.py for the data and tolerances."""
+    """A MirroredStrategy over 2 logical CPUs runs 2 iterations (K=2) to the same state as
+    the default strategy on the same global batch: second order (joint) on the kink-free
+    twin of the supernet, first order on the real one; see tests/_two_replicas.py for the
+    data, the cases and the tolerances."""
     try:
         out, err = _TWO_REPLICAS.communicate(timeout=600)
     except subprocess.TimeoutExpired:
@@ -566,6 +563,9 @@ def test_two_replicas_equal_one():
     result = json.loads(out.strip().splitlines()[-1])
     assert result["replicas"] == [1, 2]
     assert result["exact_refused"]
-    assert result["alphas_moved"] > 1e-5
-    bad = {k: v for k, v in result["errors"].items() if v > result["tolerance"][k]}
-    assert not bad, (bad, result)
+    assert set(result["cases"]) == {"twin", "real"}
+    for name, case in result["cases"].items():
+        assert case["anchored"] == [1.0, 1.0], name
+        assert case["alphas_moved"] > 1e-5, name
+        bad = {k: v for k, v in case["errors"].items() if v > case["tolerance"][k]}
+        assert not bad, (name, bad, result)

@@ -7,13 +7,16 @@ import subprocess
 import sys
 
 import gin
-import numpy as np
 import pytest
 
 import il_tf
 from il_tf.learning import search as search_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Nats: the alphas moved, not only rounded (log 8 = 2.0794 when uniform; 2.07934 at the old
+# arch_lr). Measured after `run`'s 24 iterations, Eigen/oneDNN x 1/2 intra-op threads:
+# normal 1.909-1.988, reduce 1.850-1.892.
+MAX_ENTROPY = 2.04
 TINY = dict(batch_size=16, channels=2, layers=3, max_steps_per_epoch=4, eval_batch_size=512,
             verbose=0, draw_cells=True)
 
@@ -22,8 +25,10 @@ TINY = dict(batch_size=16, channels=2, layers=3, max_steps_per_epoch=4, eval_bat
 def search_config(data_dir):
     gin.clear_config()
     gin.bind_parameter("il_tf.data.tfds_config.data_dir", data_dir)
-    # A larger alphas lr than the paper's 3e-5 so that 8 iterations visibly move them.
-    gin.bind_parameter("il_tf.learning.InterleavingOptimizer.arch_lr", 3e-3)
+    # The alphas lr of the quick search (gin_configs/search_digits.gin, 0.1, not the paper's
+    # 3e-5) so that the 24 iterations of `run` visibly move them: at 3e-3 the entropy stayed
+    # at 2.07934 (log 8 = 2.07944); at 0.2 it fell to 1.78/1.72 but the val losses rose.
+    gin.bind_parameter("il_tf.learning.InterleavingOptimizer.arch_lr", 0.1)
     yield data_dir
     gin.clear_config()
 
@@ -56,8 +61,9 @@ def test_search_lowers_every_learners_val_loss_and_moves_alphas(run):
     model_dir, record = run
     first = _records(model_dir)[0]
     assert all(after < before for after, before in zip(record["val_loss"], first["val_loss"]))
-    assert record["alpha_entropy_normal"] < np.log(8) - 1e-4
-    assert record["alpha_entropy_reduce"] < np.log(8) - 1e-4
+    # Mean softmax entropy of each cell type's alphas (see MAX_ENTROPY).
+    assert record["alpha_entropy_normal"] <= MAX_ENTROPY, record["alpha_entropy_normal"]
+    assert record["alpha_entropy_reduce"] <= MAX_ENTROPY, record["alpha_entropy_reduce"]
 
 
 def test_genotype_is_accepted_by_get_genotype_and_the_network(run):

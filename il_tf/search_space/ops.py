@@ -71,13 +71,49 @@ class Composite(keras.layers.Layer):
 
     # The nonlinearity in front of every conv: DARTS's ReLU. Ops that start with it take
     # `activated=True` for an input it was already applied to (the supernet applies it once
-    # for all the edges that read a state). An attribute, not a bare call,
-    # so that tests can make a supernet smooth where they check second derivatives by finite
-    # differences (tests/test_learning.py); nothing in the library changes it.
+    # for all the edges that read a state). An attribute, not a bare call, so that a layer
+    # built inside `kink_free()` can have a smooth one instead.
     activation = staticmethod(tf.nn.relu)
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        if _KINK_FREE[-1]:
+            self.activation = _soft_relu
 
     def build(self, input_shape=None):
         self.built = True
+
+
+# Whether layers constructed now are the kink-free twin (`kink_free`).
+_KINK_FREE = [False]
+
+
+def _soft_relu(x):
+    """softplus(4x)/4: within 0.17 of ReLU everywhere, and twice differentiable."""
+    return tf.nn.softplus(4.0 * x) / 4.0
+
+
+@contextlib.contextmanager
+def kink_free():
+    """Within this context (at construction) the ops are a kink-free twin of DARTS's: every
+    ReLU is softplus(4x)/4 and max pooling is average pooling. For tests; the library never
+    enters it.
+
+    The DARTS loss has kinks (a ReLU input at 0, a tie in a max-pool window) where its
+    gradient jumps. The second-order hypergradient (PAPER.md eq. 4) differences gradients at
+    theta +- eps v, so an activation that float32 rounding puts on the other side of a kink
+    in one computation but not in another changes it by percents; which side it lands on
+    depends on the CPU's kernels, the batch split and the thread count. The twin's loss is
+    twice differentiable, so results that must agree (two replicas against one, finite
+    differences against the exact derivative) agree to float32 rounding there. Everything
+    else (shapes, weights, BN, the supernet's batching of edges) is the real op's.
+    PC-DARTS's bypass (`partial_channels` > 1) keeps its max pooling.
+    """
+    _KINK_FREE.append(True)
+    try:
+        yield
+    finally:
+        _KINK_FREE.pop()
 
 
 # What training-mode BN does with its moving statistics (at trace time): "average" this
@@ -362,7 +398,7 @@ class Pool(Composite):
         super().__init__(**kw)
         if kind not in ("max", "avg"):
             raise ValueError(f"Pool kind must be 'max' or 'avg', got {kind!r}.")
-        self.kind, self.stride = kind, stride
+        self.kind, self.stride = "avg" if _KINK_FREE[-1] else kind, stride
         self.bn = BatchNorm(affine=False) if bn else None
 
     def call(self, x, training=False):
