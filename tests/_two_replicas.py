@@ -33,6 +33,7 @@ import il_tf  # noqa: E402  pylint: disable=unused-import,wrong-import-position
 import keras  # noqa: E402  pylint: disable=wrong-import-position
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
+from il_tf import runtime  # noqa: E402  pylint: disable=wrong-import-position
 from il_tf.learning import interleaving  # noqa: E402  pylint: disable=wrong-import-position
 from il_tf.models import supernet as supernet_lib  # noqa: E402  pylint: disable=C0413
 
@@ -70,7 +71,7 @@ def data():
 
 
 def iteration_fn(strategy, opt):
-    @interleaving.step_function
+    @runtime.step_function
     def iteration(batches):
         if strategy.num_replicas_in_sync > 1:
             def split(t):

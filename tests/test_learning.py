@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 import conftest
+from il_tf import runtime
 from il_tf.learning import interleaving
 from il_tf.search_space import ops as ops_lib
 
@@ -47,7 +48,7 @@ def net():
 def _smooth(model):
     """The same supernet with its kinks removed: softplus(4x)/4 for every ReLU and average
     for max pooling, so that its loss is twice differentiable (see "eq. 4: g_k" below)."""
-    for layer in model._flatten_layers():  # pylint: disable=protected-access
+    for layer in runtime.flatten_layers(model):
         if isinstance(layer, ops_lib.Composite):
             layer.activation = lambda x: tf.nn.softplus(4.0 * x) / 4.0
         if isinstance(layer, ops_lib.Pool) and layer.kind == "max":
@@ -285,7 +286,7 @@ HYPER_TOLERANCE = 0.03
 def test_smooth_net_has_no_kinked_functions_left(smooth_net):
     """`_smooth` really swapped the kinked functions (else the checks below prove nothing
     about smoothness): no max pool is left and the convs' activations are replaced."""
-    layers = list(smooth_net._flatten_layers())  # pylint: disable=protected-access
+    layers = list(runtime.flatten_layers(smooth_net))
     assert any(isinstance(l, ops_lib.Pool) for l in layers)
     assert not any(isinstance(l, ops_lib.Pool) and l.kind == "max" for l in layers)
     assert sum(isinstance(l, ops_lib.Composite) and l.activation is not ops_lib.Composite.activation
@@ -507,7 +508,7 @@ def test_one_learner_is_second_order_darts(make_opt):
     (learner,) = opt.learners
     strategy = tf.distribute.get_strategy()
 
-    @interleaving.step_function
+    @runtime.step_function
     def iteration(batches):
         return strategy.run(opt.replica_iteration, args=(batches,))
 

@@ -42,7 +42,7 @@ from il_tf.search_space.genotypes import Genotype, get_genotype
 from il_tf.training import checkpoints
 from il_tf.training import reporting
 from il_tf.training.errors import CheckpointError, TrainingDivergedError
-from il_tf.training.optimizer import DynamicLossScale, TorchSGD
+from il_tf.optimizers import DynamicLossScale, TorchSGD
 
 GENOTYPE_FILE = "genotype.json"
 RESULTS_FILE = "results.json"
