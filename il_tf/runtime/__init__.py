@@ -43,7 +43,8 @@ What to change for a new TensorFlow (or Keras):
 - internals.py is the only file that touches private APIs; tests/test_tf_internals.py
   exercises each one and names it when it fails. Fix the accessor there.
 - tests/test_runtime_function.py checks that a trace's graph is really released and the
-  gradient registry cleaned; a search on a tiny supernet should stay bit-identical.
+  gradient registry cleaned; the search must stay bit-identical
+  (`python benchmarks/search_state.py dump|compare`, on the old and the new TF).
 - quiet.py's list of start-up lines (a new release prints new ones); onednn.py's note on
   TF's own oneDNN default; the pins in setup.py.
 """
