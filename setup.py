@@ -20,7 +20,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["il_tf", "il_tf.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "tensorflow>=2.21,<2.22",
+        "tensorflow>=2.21,<2.24",
         "keras>=3.10,<4",
         "tensorflow-datasets>=4.9.9,<5",
         "absl-py>=2.1",
@@ -35,6 +35,6 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
-        "cuda": ["tensorflow[and-cuda]>=2.21,<2.22"],
+        "cuda": ["tensorflow[and-cuda]>=2.21,<2.24"],
     },
 )

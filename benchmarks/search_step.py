@@ -24,6 +24,7 @@ import il_tf  # noqa: F401  (quiet TF import)
 import numpy as np
 import tensorflow as tf
 
+from il_tf import runtime
 from il_tf.learning import interleaving
 from il_tf.models import supernet as supernet_lib
 
@@ -65,7 +66,7 @@ def main(argv):
     batches = [([batch() for _ in range(opt.train_batches_per_learner)], batch())
                for _ in range(FLAGS.learners)]
 
-    @interleaving.step_function
+    @runtime.step_function
     def iteration(batches):
         return strategy.run(opt.replica_iteration, args=(batches,))
 

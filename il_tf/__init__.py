@@ -2,13 +2,9 @@
 
 The public API lives here; see README.md for the pipeline (search -> train -> export).
 """
-from il_tf import _malloc
-from il_tf import _onednn
-from il_tf import _quiet
-
-_malloc.limit_arenas()
-_onednn.enable_by_default()
-_quiet.import_tensorflow_quietly()
+# First: the process defaults (malloc arenas, oneDNN, a quiet TensorFlow import) must be set
+# before TensorFlow starts; see il_tf/runtime/__init__.py.
+from il_tf import runtime  # pylint: disable=unused-import
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from il_tf.version import __version__

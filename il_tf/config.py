@@ -4,7 +4,9 @@ Library code never reads flags; the tools in `tools/` pass their `--gin_file` an
 `--gin_bindings` flags here (dopamine/trax style).
 """
 import collections.abc
+import contextlib
 import inspect
+import logging
 import os
 import pathlib
 import typing
@@ -37,6 +39,36 @@ def find_gin_file(name: str) -> str:
                       f"gin_configs/); shipped configs: {', '.join(shipped) or 'none'}.")
 
 
+# The directories already added to gin's search path (it appends, duplicates included).
+_SEARCHED = set()
+
+
+class _GinMissFilter(logging.Filter):
+    """Drops the lines gin's resource reader logs while it looks for an included file.
+
+    gin tries its search path in order, the working directory first; for each place it
+    does not find the file, its Python-package reader logs an INFO line and an ERROR line
+    ("Path not found"), though the file is then found in gin_configs/. A file found nowhere
+    still fails, with gin's own error naming the places searched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+                    and str(record.msg).startswith(("system_path_file_exists:",
+                                                    "Path not found:")))
+
+
+@contextlib.contextmanager
+def _gin_misses_unlogged():
+    root = logging.getLogger()  # gin logs through the logging module's root logger
+    miss_filter = _GinMissFilter()
+    root.addFilter(miss_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(miss_filter)
+
+
 def _one_line(error: Exception) -> str:
     lines = [l.strip() for l in str(error).splitlines() if l.strip()]
     return " ".join(lines[:2]) if lines else type(error).__name__
@@ -48,16 +80,16 @@ def parse(gin_files: Optional[Sequence[str]] = (), gin_bindings: Optional[Sequen
     `ConfigError` naming it, before any work starts."""
     for module in imports:
         __import__(module)
-    # `include 'cifar10.gin'` resolves from any working directory. Searched before gin's ''
-    # (the working directory), which logs an error line for every miss.
-    prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
-    for directory in reversed(GIN_CONFIG_DIRS):
-        if directory.is_dir() and str(directory) not in prefixes:
-            prefixes.insert(0, str(directory))
+    # `include 'cifar10.gin'` resolves from any working directory.
+    for directory in GIN_CONFIG_DIRS:
+        if directory.is_dir() and directory not in _SEARCHED:
+            gin.add_config_file_search_path(str(directory))
+            _SEARCHED.add(directory)
     files = [find_gin_file(f) for f in (gin_files or [])]
     try:
-        gin.parse_config_files_and_bindings(files, list(gin_bindings or []),
-                                            skip_unknown=False, finalize_config=False)
+        with _gin_misses_unlogged():
+            gin.parse_config_files_and_bindings(files, list(gin_bindings or []),
+                                                skip_unknown=False, finalize_config=False)
     except (ValueError, KeyError, TypeError, ImportError, SyntaxError) as error:
         raise ConfigError(f"bad gin configuration: {_one_line(error)} (check the spelling of "
                           f"the binding against the shipped gin files and README).") from error

@@ -15,6 +15,8 @@ from typing import Optional
 import gin
 import tensorflow as tf
 
+from il_tf import runtime
+
 from il_tf.data import tasks as tasks_lib
 
 
@@ -59,7 +61,7 @@ def _make_strategy(kind: str, collective_timeout: Optional[float]):
 def dataset(strategy, task, role, global_batch_size, *, training, seed=0, cutout=0,
             skip_batches=0):
     """A task's stream for `strategy`: a plain dataset on one replica, else distributed."""
-    if strategy.num_replicas_in_sync == 1 and getattr(strategy.extended, "_num_workers", 1) <= 1:
+    if strategy.num_replicas_in_sync == 1 and runtime.num_workers(strategy) <= 1:
         return task.dataset(role, global_batch_size, training=training, seed=seed, cutout=cutout,
                             skip_batches=skip_batches)
     return tasks_lib.distribute_dataset(strategy, task, role, global_batch_size,

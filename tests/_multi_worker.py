@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 
 from il_tf import distribute  # noqa: E402  pylint: disable=wrong-import-position
+from il_tf import runtime  # noqa: E402  pylint: disable=wrong-import-position
 from il_tf.learning import interleaving  # noqa: E402  pylint: disable=wrong-import-position
 from il_tf.models import supernet as supernet_lib  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -55,7 +56,7 @@ def main():
         y = np.tile(rng.randint(0, classes, size=(1, HALF)).astype(np.int32), [2, 1])
         return x, y
 
-    @interleaving.step_function
+    @runtime.step_function
     def step(batches):
         return strategy.run(opt.replica_iteration, args=(batches,))
 

@@ -38,6 +38,7 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402  pylint: disable=wrong-import-position
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
+from il_tf import runtime  # noqa: E402  pylint: disable=wrong-import-position
 from il_tf.learning import interleaving  # noqa: E402  pylint: disable=wrong-import-position
 from il_tf.models import supernet as supernet_lib  # noqa: E402  pylint: disable=C0413
 from il_tf.search_space import ops as ops_lib  # noqa: E402  pylint: disable=C0413
@@ -81,7 +82,7 @@ def data():
 
 
 def iteration_fn(strategy, opt):
-    @interleaving.step_function
+    @runtime.step_function
     def iteration(batches):
         if strategy.num_replicas_in_sync > 1:
             def split(t):

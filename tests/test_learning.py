@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 import conftest
+from il_tf import runtime
 from il_tf.learning import interleaving
 from il_tf.search_space import ops as ops_lib
 
@@ -280,7 +281,7 @@ def test_smooth_net_has_no_kinked_functions_left(net, smooth_net):
     nothing about smoothness): no max pool is left and the convs' activations are replaced;
     the real net, built outside the context, keeps both."""
     for model, kink_free in ((smooth_net, True), (net, False)):
-        layers = list(model._flatten_layers())  # pylint: disable=protected-access
+        layers = list(runtime.flatten_layers(model))
         pools = [l.kind for l in layers if isinstance(l, ops_lib.Pool)]
         assert pools and ("max" in pools) != kink_free
         swapped = [isinstance(l, ops_lib.Composite)
@@ -503,7 +504,7 @@ def test_one_learner_is_second_order_darts(make_opt):
     (learner,) = opt.learners
     strategy = tf.distribute.get_strategy()
 
-    @interleaving.step_function
+    @runtime.step_function
     def iteration(batches):
         return strategy.run(opt.replica_iteration, args=(batches,))
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from il_tf import runtime
 from il_tf.models import network as net
 from il_tf.search_space import genotypes as g
 from il_tf.search_space import ops as ops_lib
@@ -131,7 +132,7 @@ def test_drop_path_changes_training_outputs_not_inference():
     x = tf.random.normal([4, 32, 32, 3], seed=1)
     model = _tiny_cifar()
     # Training calls would move the BN statistics, and with them the inference output.
-    with ops_lib.moving_statistics_frozen():
+    with runtime.moving_statistics_frozen():
         infer = model(x, training=False)
         train = model(x, training=True)
         model.drop_path_prob = 0.5

@@ -1,4 +1,4 @@
-"""il_tf turns TensorFlow's oneDNN kernels on by default on x86-64 Linux (il_tf/_onednn.py),
+"""il_tf turns TensorFlow's oneDNN kernels on by default on x86-64 Linux (il_tf/runtime/onednn.py),
 and a user's TF_ENABLE_ONEDNN_OPTS wins. Checked in fresh processes: TensorFlow reads the setting
 once per process."""
 import os
@@ -12,9 +12,9 @@ pytestmark = pytest.mark.skipif(
     not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
     reason="il_tf changes TensorFlow's oneDNN default on x86-64 Linux only")
 
-_PROBE = ("import il_tf, tensorflow as tf\n"
-          "from tensorflow.python.util import _pywrap_util_port\n"
-          "print('onednn', _pywrap_util_port.IsMklEnabled())\n")
+_PROBE = ("import il_tf\n"
+          "from il_tf.runtime import internals\n"
+          "print('onednn', internals.onednn_enabled())\n")
 
 
 def _onednn_enabled(setting):

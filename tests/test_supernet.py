@@ -8,6 +8,7 @@ import pytest
 import il_tf  # noqa: F401  (quiet TensorFlow import)
 import tensorflow as tf
 
+from il_tf import runtime
 from il_tf.models import supernet as supernet_lib
 from il_tf.search_space import ops as ops_lib
 
@@ -91,7 +92,7 @@ def _set_block(single, grouped, block, blocks):
 
 
 def _convs(layer):
-    return [l for l in layer._flatten_layers() if isinstance(l, ops_lib.Conv)]  # pylint: disable=protected-access
+    return [l for l in runtime.flatten_layers(layer) if isinstance(l, ops_lib.Conv)]
 
 
 @pytest.mark.parametrize("stride,sources,edges", [(1, 1, 3), (2, 2, 2), (1, 2, 4)])
@@ -213,7 +214,7 @@ def test_recomputing_gives_the_same_pass(partial_channels, traced):
 
 def test_traced_pass_averages_the_bn_statistics_as_keras_layers_do():
     """The traced pass returns the batch statistics and `gradients` averages them into the
-    moving ones on the flat vector (`ops.moving_statistics_deferred`); the result is what
+    moving ones on the flat vector (`runtime.moving_statistics_deferred`); the result is what
     the BN layers' own update gives when the Keras model runs the same batch."""
     from il_tf.learning import functional  # pylint: disable=g-import-not-at-top
     net = supernet_lib.Supernet(channels=4, layers=2, seed=2, recompute="edges")
@@ -244,7 +245,7 @@ def test_recompute_in_backward_matches_plain_gradients_and_refuses_variables():
     f = lambda a, b, unused: (tf.tanh(a @ b), unused * 2.0)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([a, b, unused])
-        y, _ = supernet_lib.recompute_in_backward(f, a, b, unused)
+        y, _ = runtime.recompute_in_backward(f, a, b, unused)
         plain = tf.tanh(a @ b)
     got = tape.gradient(y, [a, b, unused])
     want = tape.gradient(plain, [a, b])
@@ -254,7 +255,7 @@ def test_recompute_in_backward_matches_plain_gradients_and_refuses_variables():
     v = tf.Variable([[1.0], [2.0]])
     with tf.GradientTape() as tape:
         tape.watch(a)
-        y, = supernet_lib.recompute_in_backward(lambda x: (x @ v,), a)
+        y, = runtime.recompute_in_backward(lambda x: (x @ v,), a)
     with pytest.raises(ValueError, match="pass their values instead"):
         tape.gradient(y, a)
 

@@ -124,7 +124,7 @@ def _test_result(model_dir: str, restored: RestoredRun) -> Dict[str, Any]:
 def metadata(model_dir: str, restored: RestoredRun, module: serving.ServingModule,
              model_name: str, version: int) -> Dict[str, Any]:
     """The JSON written beside the model (assets.extra/il_tf_metadata.json)."""
-    task, pre = restored.task, module._preprocessing  # pylint: disable=protected-access
+    task, pre = restored.task, module.preprocessing
     mean, std = task.normalization
     transform = {"kind": type(pre).__name__, "image_size": pre.image_size,
                  "normalization": "(x / 255 - mean) / std", "mean": list(mean),

@@ -118,6 +118,11 @@ class ServingModule(tf.Module):
             [str(n) for n in class_names], tf.string)
 
     @property
+    def preprocessing(self):
+        """The task's preprocessing the serving functions apply to raw images."""
+        return self._preprocessing
+
+    @property
     def has_class_names(self) -> bool:
         return self._class_names is not None
 

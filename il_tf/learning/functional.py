@@ -8,8 +8,8 @@ float32 vectors (encoder weights, BN statistics, each head), and one `tf.functio
 (weights, alphas, batch) to (loss, all gradients, new BN statistics). Every pass of every
 learner calls that one traced function; the Keras `Supernet` defines the computation and
 the layout of the vectors, and its own variables are only the template (initial values).
-The traced function is kept only as its definition in the runtime (`RuntimeFunction`): its
-Python graph, about 140 MiB at C=8 and 5 cells, is let go after tracing.
+The traced function is kept only as its definition in the runtime (`runtime.RuntimeFunction`):
+its Python graph, about 140 MiB at C=8 and 5 cells, is let go after tracing.
 """
 import dataclasses
 from typing import List, Sequence
@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from il_tf.learning import runtime_function
+from il_tf import runtime
 from il_tf.models import supernet as supernet_lib
 from il_tf.search_space import ops as ops_lib
 
@@ -79,7 +79,7 @@ class SupernetFunctions:
         # Each BN statistic's momentum, laid out as the statistics are: `gradients` averages
         # the pass's batch statistics into the moving ones on the flat vector. (Momentum 0
         # would take the pass's value as it is: any other non-trainable state, none today.)
-        momentum = {id(v): layer.momentum for layer in supernet._flatten_layers()  # pylint: disable=protected-access
+        momentum = {id(v): layer.momentum for layer in runtime.flatten_layers(supernet)
                     if isinstance(layer, ops_lib.BatchNorm)
                     for v in (layer.moving_mean, layer.moving_variance)}
         self.stats_momentum = np.concatenate(
@@ -120,39 +120,22 @@ class SupernetFunctions:
         `new_stats` are the moving averages after this batch (used by the real steps only):
         the pass returns the batch statistics, averaged in here on the flat vector.
 
-        The traced function returns all of it as one packed vector, unpacked here. Grappler
-        specialises a function for each call site that leaves some outputs unused (the
-        virtual step needs only dw, dh; the finite differences only dA): each specialisation
-        is another optimised copy of the whole pass with its own executor, and the search
-        step had four. With a single output every call site shares one: measured at C=8,
-        5 cells, batch 16, second order, 300 MiB less peak memory and 13 s less start-up,
-        for up to 20% more time per iteration (the passes now compute the gradients they
-        do not use).
+        Every call site (the virtual step, the finite differences, the weight steps) runs
+        the one traced definition and gets every output (`RuntimeFunction`'s `shared`).
         """
         if self._grad_fn is None:
             # Heads (argument 1) traced at any size: one trace serves every learner.
-            # "_nospecialize": every call site runs this one definition; Grappler would
-            # otherwise copy it for the constant loss scale the call sites pass.
-            self._grad_fn = runtime_function.RuntimeFunction(
-                self._packed_gradients, "supernet_gradients", relaxed=(1,),
-                attributes={"_noinline": True, "_nospecialize": True})
-        packed, = self._grad_fn(w, h, stats, list(alphas), images, labels, loss_scale)
-        sizes = [1, 1, tf.size(w), tf.size(h), *[tf.size(a) for a in alphas], tf.size(stats)]
-        loss, correct, gw, gh, *rest = tf.split(packed, tf.stack(sizes), num=len(sizes))
-        ga = [tf.cast(tf.reshape(g, tf.shape(a)), a.dtype) for g, a in zip(rest[:-1], alphas)]
+            self._grad_fn = runtime.RuntimeFunction(
+                self._gradients, "supernet_gradients", relaxed=(1,), shared=True)
+        loss, correct, gw, gh, *rest = self._grad_fn(w, h, stats, list(alphas), images,
+                                                     labels, loss_scale)
         new_stats = ops_lib.moving_average(stats, rest[-1], self.stats_momentum)
-        return tf.reshape(loss, []), tf.reshape(correct, []), gw, gh, ga, new_stats
-
-    def _packed_gradients(self, *args):
-        loss, correct, gw, gh, ga, new_stats = self._gradients(*args)
-        return tf.concat([tf.reshape(loss, [1]), tf.reshape(correct, [1]), gw, gh,
-                          *[tf.reshape(tf.cast(g, tf.float32), [-1]) for g in ga], new_stats],
-                         axis=0)
+        return loss, correct, gw, gh, rest[:-1], new_stats
 
     def _gradients(self, w, h, stats, alphas, images, labels, loss_scale):
         with tf.GradientTape() as tape:
             tape.watch([w, h, alphas])
-            with ops_lib.moving_statistics_deferred():  # `gradients` averages them in
+            with runtime.moving_statistics_deferred():  # `gradients` averages them in
                 logits, batch_stats = self._logits(w, h, stats, alphas, images, training=True)
             per_example = cross_entropy(logits, labels)
             loss = tf.reduce_sum(per_example) * loss_scale
@@ -166,7 +149,7 @@ class SupernetFunctions:
     def evaluate(self, w, h, stats, alphas, images, labels):
         """(summed loss, correct count) in inference mode (BN moving statistics)."""
         if self._eval_fn is None:
-            self._eval_fn = runtime_function.RuntimeFunction(
+            self._eval_fn = runtime.RuntimeFunction(
                 self._evaluate, "supernet_evaluate", relaxed=(1,))
         loss, correct = self._eval_fn(w, h, stats, list(alphas), images, labels)
         return loss, correct
@@ -181,6 +164,6 @@ class SupernetFunctions:
         """The training-mode loss as a differentiable function (for nested tapes)."""
         stats = tf.zeros([self.stats_layout.size])
         # Differentiated twice (nested tapes): no recomputing backward pass.
-        with ops_lib.moving_statistics_frozen(), supernet_lib.recompute_disabled():
+        with runtime.moving_statistics_frozen(), runtime.recompute_disabled():
             logits, _ = self._logits(w, h, stats, alphas, images, training=True)
         return tf.reduce_sum(cross_entropy(logits, labels)) * loss_scale

@@ -23,32 +23,15 @@ from typing import List, Sequence
 import gin
 import tensorflow as tf
 
+from il_tf import optimizers
+from il_tf import runtime
 from il_tf.learning import functional
-from il_tf.learning import optimizers
-from il_tf.learning import runtime_function
 from il_tf.learning import strategies
 from il_tf.models import supernet as supernet_lib
 
 HESSIAN_MODES = ("joint", "split", "exact")
 _SYNC = tf.VariableAggregation.ONLY_FIRST_REPLICA  # identical on every replica by construction
 
-
-def step_function(fn):
-    """`fn` (which runs `replica_iteration` under `strategy.run`) as a `tf.function`,
-    called with the config of the passes' calls (`runtime_function.lean_grappler_calls`).
-
-    Without AutoGraph: the step's control flow is Python's, over Python values (learners,
-    passes, options), so AutoGraph has nothing to convert, but converting the step and the
-    calls inside it cost about 6 s of the 2-learner step's 17 s trace at C=8, 5 cells
-    (README, "Search step start-up"). A tensor used as a Python bool in the step is an error.
-    """
-    traced = tf.function(fn, autograph=False)
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        with runtime_function.lean_grappler_calls():
-            return traced(*args, **kwargs)
-    return call
 
 
 def _state(value, name):

@@ -35,6 +35,7 @@ from il_tf.learning import interleaving
 from il_tf.learning import strategies
 from il_tf.models import supernet as supernet_lib
 from il_tf import runs
+from il_tf import runtime
 from il_tf.search_space import genotypes
 
 
@@ -154,7 +155,7 @@ class SearchProgram(runs.Program):
                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self._streams = None
 
-        @interleaving.step_function
+        @runtime.step_function
         def iteration(train_its, val_its):
             batches = [([next(tr) for _ in range(self.opt.train_batches_per_learner)], next(va))
                        for tr, va in zip(train_its, val_its)]

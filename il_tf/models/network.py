@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from il_tf import runtime
 from il_tf.models.supernet import ClassifierHead
 from il_tf.search_space import ops as ops_lib
 from il_tf.search_space.genotypes import Genotype, get_genotype
@@ -36,7 +37,7 @@ def _build_leaves(layer: keras.layers.Layer, c_in: int, c_out: int):
     `c_out` (a primitive keeps its width; ReLUConvBN and FactorizedReduce map c_in to c_out),
     so the leaves' input shapes are known from the two widths alone.
     """
-    for leaf in layer._flatten_layers(include_self=True, recursive=True):  # pylint: disable=protected-access
+    for leaf in runtime.flatten_layers(layer, include_self=True, recursive=True):
         if isinstance(leaf, ops_lib.Conv):
             leaf.build((None, None, None, c_in))
         elif isinstance(leaf, ops_lib.BatchNorm):

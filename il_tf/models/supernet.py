@@ -9,14 +9,12 @@ which is how the K learners of interleaving learning share A while keeping their
 The supernet ends in global average pooling and returns features; classification heads are
 separate layers (`ClassifierHead`), one per learner.
 """
-import contextlib
 from typing import List, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.eager import record
-
+from il_tf import runtime
 from il_tf.search_space import ops as ops_lib
 
 NUM_INPUT_NODES = 2
@@ -112,7 +110,7 @@ class MixedOp(ops_lib.Composite):
     (max-pooled on stride 2) and each edge's result is channel-shuffled.
     `none` is not computed: its output is zero whatever its weight.
     With `recompute`, each grouped op keeps only its input and output for the backward pass
-    and recomputes its inside there (`call_recomputed`); see `Supernet`.
+    and recomputes its inside there (`runtime.call_recomputed`); see `Supernet`.
 
     Call: (states list, op weights (sources, edges, num_ops)) -> (B, H, W, sources, edges, C).
     """
@@ -154,7 +152,7 @@ class MixedOp(ops_lib.Composite):
         terms = []
         for i, op in self.per_edge:
             if self.recompute:
-                y = call_recomputed(op, [tiled], training=training, activated=True)
+                y = runtime.call_recomputed(op, [tiled], training=training, activated=True)
             else:
                 y = op(tiled, training=training, activated=True)
             y = tf.reshape(y, [-1, *y.shape[1:3], s, e, y.shape[-1] // (s * e)])
@@ -213,7 +211,7 @@ class SearchCell(ops_lib.Composite):
             w = tf.gather(op_weights, rows)                                  # (S, E, ops)
             sources = states if g == 0 else [states[-1]]
             if self.recompute == "edges":  # keeps only the sources and the mixture's weights
-                out = call_recomputed(
+                out = runtime.call_recomputed(
                     layer, [w, *sources], training=training,
                     call=lambda w, *xs, layer=layer, **kw: layer(list(xs), w, **kw))
             else:
@@ -226,93 +224,6 @@ class SearchCell(ops_lib.Composite):
                 incoming[first + e].append(y)
             states.append(tf.add_n(incoming[len(states) - NUM_INPUT_NODES]))
         return tf.concat(states[-self.multiplier:], axis=-1)
-
-
-def recompute_in_backward(forward, *args):
-    """forward(*args) whose backward pass recomputes forward instead of keeping its
-    intermediate tensors (gradient checkpointing); returns forward's outputs (a tuple).
-
-    Unlike `tf.recompute_grad` inside a `tf.function`, the recomputation waits for the
-    incoming gradient (a control dependency): TF's executor runs every op as soon as its
-    inputs exist, so a recomputation that depends only on the forward's inputs runs during
-    the forward pass and keeps everything alive, which costs time and saves no memory.
-    `forward` must read no variables (values come in as arguments).
-
-    Only forward's first output is differentiated; the others (the BN moving statistics
-    `call_recomputed` returns) get no gradient. The recomputation runs with the statistics
-    frozen (`ops.moving_statistics_frozen`): their update would be recomputed only to be
-    thrown away (1,944 of the 19,989 nodes the pass traced at C=8, 5 cells).
-
-    The gradient tape records the first output alone (`record.record_operation`, as
-    `tf.custom_gradient` does eagerly). In a graph `tf.custom_gradient` records every output
-    and every input passed through, and the tape makes a zero gradient for each one nothing
-    differentiates, to be thrown away: about 1,000 nodes of the supernet pass's trace.
-    """
-    with record.stop_recording(), record.VariableWatcher() as watcher:
-        outputs = forward(*args)
-        first = tf.identity(outputs[0])  # a tensor of its own, recorded below
-    read = watcher.watched_variables()
-
-    def grad(dout):
-        if read:  # (they would get no gradient)
-            raise ValueError("recompute_in_backward: forward read variables "
-                             f"{[v.name for v in read]}; pass their values instead.")
-        with tf.control_dependencies([dout]):
-            again_in = [tf.identity(x) for x in args]
-        with tf.GradientTape() as tape:
-            tape.watch(again_in)
-            with ops_lib.moving_statistics_frozen():
-                again = forward(*again_in)[0]
-        return tape.gradient(again, again_in, output_gradients=dout)
-
-    record.record_operation("RecomputeInBackward", [first], list(args), grad)
-    return (first, *outputs[1:])
-
-
-_RECOMPUTE = [True]
-
-
-@contextlib.contextmanager
-def recompute_disabled():
-    """Within this context (at trace time) the supernet keeps every activation, whatever its
-    `recompute`: for passes that are differentiated twice (hessian="exact"), which a
-    recomputing backward pass (`recompute_in_backward`) does not support."""
-    _RECOMPUTE.append(False)
-    try:
-        yield
-    finally:
-        _RECOMPUTE.pop()
-
-
-def call_recomputed(layer, inputs, call=None, **kwargs):
-    """layer(*inputs, **kwargs) through `recompute_in_backward`; a plain call inside
-    `recompute_disabled`. `call(*inputs, **kwargs)`, if given, calls the layer instead
-    (for a layer whose inputs are not plain positional tensors).
-
-    recompute_in_backward differentiates its function w.r.t. its arguments only, so the
-    layer's variables enter as arguments: their current values (`v.value` is the substituted
-    one inside a keras.StatelessScope, as in the search's traced passes), mapped back onto
-    the variables in a scope of the function's own. The BN moving statistics the layer
-    updates come out as outputs and are assigned here (recorded by an enclosing
-    StatelessScope, if any). `inputs` are tensors.
-    """
-    call = call or layer
-    if not _RECOMPUTE[-1]:
-        return call(*inputs, **kwargs)
-    variables = list(layer.variables)
-    statistics = [v for v in variables if not v.trainable]
-    n = len(inputs)
-
-    def forward(*args):
-        with keras.StatelessScope(state_mapping=list(zip(variables, args[n:]))) as scope:
-            out = call(*args[:n], **kwargs)
-            updated = [scope.get_current_value(v) for v in statistics]
-        return (out, *updated)
-
-    out, *updated = recompute_in_backward(forward, *inputs, *[v.value for v in variables])
-    for v, value in zip(statistics, updated):
-        v.assign(value)
-    return out
 
 
 class Supernet(keras.Model):
@@ -329,7 +240,7 @@ class Supernet(keras.Model):
       architecture: an `Architecture` to share with other supernets; a new one by default.
       seed: initialisation seed for the alphas.
       recompute: what the backward pass recomputes instead of keeping
-        (`recompute_in_backward`), one of RECOMPUTE_MODES. "none" keeps every activation.
+        (`runtime.recompute_in_backward`), one of RECOMPUTE_MODES. "none" keeps every activation.
         "ops": each grouped conv op of a mixed op (separable and dilated convs, the bulk of
         the activations) keeps only its input and output and recomputes its inside (the
         depthwise and pointwise convs and the inner BN) in the backward pass (measured at
@@ -343,7 +254,7 @@ class Supernet(keras.Model):
         keeps only its inputs and recomputes its whole forward, for one more forward pass
         per gradient; while a cell is recomputed all its ops' outputs are alive, so at C=8
         its peak was no lower than "ops". Passes that are
-        differentiated twice (hessian="exact") run inside `recompute_disabled` and keep
+        differentiated twice (hessian="exact") run inside `runtime.recompute_disabled` and keep
         everything.
     """
 
@@ -397,7 +308,7 @@ class Supernet(keras.Model):
         if self.recompute != "cells":
             return cell(s0, s1, op_w, edge_w, training=training)
         weights = [op_w] + ([edge_w] if edge_w is not None else [])
-        return call_recomputed(cell, [s0, s1, *weights], training=training)
+        return runtime.call_recomputed(cell, [s0, s1, *weights], training=training)
 
     # Variable groups (never found by name): see DESIGN.md's invariants.
     @property
@@ -450,8 +361,8 @@ class ClassifierHead(keras.layers.Layer):
 def build(model: keras.layers.Layer, image_shape: Sequence[int]):
     """Creates a model's variables by calling it once on zeros of `image_shape` (H, W, C).
 
-    Plainly: a recomputed layer (`call_recomputed`) takes its variables' values as inputs,
+    Plainly: a recomputed layer (`runtime.call_recomputed`) takes its variables' values as inputs,
     so they must exist before its first recomputed call."""
-    with recompute_disabled():
+    with runtime.recompute_disabled():
         model(tf.zeros([1, *image_shape]), training=False)
     return model

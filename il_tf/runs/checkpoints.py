@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Sequence
 from absl import logging
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from il_tf import runtime
 from il_tf.errors import CheckpointError, TrainingDivergedError
 from il_tf.runs.run_dir import write_atomically
 
@@ -75,8 +75,8 @@ def model_checkpoint(model, **others) -> tf.train.Checkpoint:
 
 def _saved_list_length(path: str, name: str) -> int:
     """Elements saved for the list tracked as `name` at the checkpoint's root (-1: none)."""
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    graph = runtime.checkpoint_object_graph(
+        tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
     for child in graph.nodes[0].children:
         if child.local_name == name:
             return len(graph.nodes[child.node_id].children)

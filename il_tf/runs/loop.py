@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from il_tf import runtime
 from il_tf.errors import RunInterrupted, TrainingDivergedError, WorkerLostError
 from il_tf.runs import checkpoints
 from il_tf.runs.metrics import MetricsLog
@@ -284,7 +285,7 @@ class RunLoop:
         except TrainingDivergedError as error:
             raise self._diverged(str(error)) from None
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
-            if getattr(self.strategy.extended, "_num_workers", 1) <= 1:
+            if runtime.num_workers(self.strategy) <= 1:
                 raise
             raise WorkerLostError(
                 f"another worker stopped or cannot be reached ({type(error).__name__}); "

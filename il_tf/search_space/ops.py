@@ -13,11 +13,12 @@ The ops are plain TF inside Keras layers: fewer graph nodes per op than stacks o
 layers, which is what the search step's trace time is made of.
 """
 import contextlib
-import weakref
 from typing import Callable, Dict
 
 import keras
 import tensorflow as tf
+
+from il_tf import runtime
 
 # The DARTS primitive order. Alphas have one column per entry, in this order.
 PRIMITIVES = (
@@ -39,26 +40,6 @@ def torch_default_init():
 
 def _pads(p):
     return [[0, 0], [p, p], [p, p], [0, 0]]
-
-
-# Graph -> its shared constants, both held weakly: a constant (the graph's own tensor)
-# referenced strongly would keep its graph, the key, alive for good.
-_GRAPH_CONSTANTS = weakref.WeakKeyDictionary()
-
-
-def _shared_constant(key, make):
-    """One constant per traced graph for `key`, instead of a new Const op at every use.
-
-    A supernet trace holds hundreds of identical BN scale/offset constants otherwise; every
-    op costs trace and Grappler time.
-    """
-    if tf.executing_eagerly():
-        return make()
-    graph = tf.compat.v1.get_default_graph()
-    cache = _GRAPH_CONSTANTS.setdefault(graph, weakref.WeakValueDictionary())
-    if key not in cache:
-        cache[key] = make()
-    return cache[key]
 
 
 class Composite(keras.layers.Layer):
@@ -116,42 +97,6 @@ def kink_free():
         _KINK_FREE.pop()
 
 
-# What training-mode BN does with its moving statistics (at trace time): "average" this
-# batch's statistics into them, leave them "frozen", or set them to the "batch" statistics.
-_MOVING_STATISTICS = ["average"]
-
-
-@contextlib.contextmanager
-def _moving_statistics(mode):
-    _MOVING_STATISTICS.append(mode)
-    try:
-        yield
-    finally:
-        _MOVING_STATISTICS.pop()
-
-
-def moving_statistics_frozen():
-    """Within this context (at trace time) training-mode BN normalises with batch statistics
-    but does not update its moving averages.
-
-    The architecture step's gradient passes (virtual step, finite differences) are not real
-    training steps: their statistics must not leak into the model, and leaving the update
-    out saves a third of the forward graph's nodes.
-    """
-    return _moving_statistics("frozen")
-
-
-def moving_statistics_deferred():
-    """Within this context (at trace time) training-mode BN sets its moving statistics to
-    this batch's (mean, unbiased variance); the caller averages them in (`moving_average`).
-
-    The search's traced pass runs at a dozen points of weight space per iteration and only
-    the weight steps keep its statistics: averaging all of them at once, on the flat vector,
-    outside the pass, leaves 1,000 nodes (three per statistic) out of the pass's graph.
-    """
-    return _moving_statistics("batch")
-
-
 def moving_average(moving, batch, momentum):
     """The moving statistics after one batch: PyTorch's running-stat update, with Keras's
     momentum (the weight of the old value; PyTorch's momentum is 1 - this)."""
@@ -186,10 +131,10 @@ class BatchNorm(keras.layers.Layer):
         if self.affine:
             scale, offset = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
         else:
-            scale = _shared_constant(("ones", c), lambda: tf.ones([c], tf.float32))
-            offset = _shared_constant(("zeros", c), lambda: tf.zeros([c], tf.float32))
+            scale = runtime.shared_constant(("ones", c), lambda: tf.ones([c], tf.float32))
+            offset = runtime.shared_constant(("zeros", c), lambda: tf.zeros([c], tf.float32))
         if training:
-            empty = _shared_constant("empty", lambda: tf.constant([], tf.float32))
+            empty = runtime.shared_constant("empty", lambda: tf.constant([], tf.float32))
             # Float32 takes the first version of the op: the gradient tape makes a zero
             # gradient for each of V3's five extra outputs, but not for V1's (whose gradient
             # is declared to ignore them): 865 fewer nodes to trace in the search's pass
@@ -199,7 +144,7 @@ class BatchNorm(keras.layers.Layer):
             y, mean, var = batch_norm(x=x, scale=scale, offset=offset, mean=empty,
                                       variance=empty, epsilon=self.epsilon,
                                       is_training=True)[:3]
-            mode = _MOVING_STATISTICS[-1]
+            mode = runtime.moving_statistics_mode()  # set by the caller's trace
             if mode == "average":
                 self.moving_mean.assign(moving_average(self.moving_mean, mean, self.momentum))
                 self.moving_variance.assign(
@@ -274,8 +219,8 @@ class Conv(keras.layers.Layer):
         c_out = self.filters // g
         # Shapes and the permutation as shared constants: a grouped conv runs in every mixed
         # op, twice per trace with recomputation (1,300 Const nodes otherwise).
-        shape = lambda *dims: _shared_constant(("shape", dims), lambda: tf.constant(dims))
-        swap = _shared_constant("swap_01", lambda: tf.constant([1, 0, 2]))
+        shape = lambda *dims: runtime.shared_constant(("shape", dims), lambda: tf.constant(dims))
+        swap = runtime.shared_constant("swap_01", lambda: tf.constant([1, 0, 2]))
         blocks = tf.transpose(tf.reshape(x, shape(-1, g, c_in)), swap)          # (G, BHW, Ci)
         weights = tf.transpose(tf.reshape(kernel, shape(c_in, g, c_out)), swap)  # (G, Ci, Co)
         y = tf.transpose(tf.matmul(blocks, weights), swap)                       # (BHW, G, Co)

@@ -14,5 +14,5 @@ from il_tf.training.loop import evaluate
 from il_tf.training.loop import learning_rate_at
 from il_tf.training.loop import network
 from il_tf.training.loop import train
-from il_tf.training.optimizer import DynamicLossScale
-from il_tf.training.optimizer import TorchSGD
+from il_tf.optimizers import DynamicLossScale
+from il_tf.optimizers import TorchSGD

@@ -40,7 +40,7 @@ from il_tf.errors import CheckpointError, TrainingDivergedError
 from il_tf.models import network as network_lib
 from il_tf.runs import checkpoints
 from il_tf.search_space.genotypes import Genotype, get_genotype
-from il_tf.training.optimizer import DynamicLossScale, TorchSGD
+from il_tf.optimizers import DynamicLossScale, TorchSGD
 
 GENOTYPE_FILE = "genotype.json"
 RESULTS_FILE = "results.json"
@@ -74,7 +74,7 @@ def learning_rate_at(epoch: int, *, schedule: str, base: float, epochs: int,
     "cosine": `CosineAnnealingLR(T_max=epochs, eta_min=minimum)` (CIFAR); "step":
     `StepLR(step_size=1, gamma=decay)`, i.e. `base * decay ** epoch` (ImageNet).
     """
-    if schedule == "cosine":  # In float64; il_tf.learning.optimizers has a float32 twin.
+    if schedule == "cosine":  # In float64; il_tf.optimizers has a float32 twin.
         return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * epoch / epochs))
     if schedule == "step":
         return float(base * decay ** epoch)

@@ -42,7 +42,7 @@ def limit_arenas() -> None:
 def release_free_memory() -> None:
     """Hands the free pages inside glibc's heap back to the system (malloc_trim).
 
-    Called after a large trace is dropped (il_tf/learning/runtime_function.py): the freed
+    Called after a large trace is dropped (functions.py, `RuntimeFunction`): the freed
     graph sits in the heap, which the step's large tensors (mmap'd by glibc) cannot reuse,
     so without this it only adds to the peak. Does nothing off Linux/glibc.
     """

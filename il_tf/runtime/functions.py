@@ -13,7 +13,8 @@ gone (tensorflow/tensorflow#97697).
 context under a name of its own, lets the Python graph go, and calls the definition by name
 (`tf.raw_ops.PartitionedCall`), from a graph or eagerly. The definition is read by the
 runtime alone, so the call has no gradient: use it for functions that compute their own
-gradients, as the supernet's passes do.
+gradients, as the supernet's passes do. With `shared=True` every call site runs the one
+definition (its outputs packed into one vector; see the class).
 
 Before registering, the definition is simplified (`simplify_function_def`): identical nodes
 merged, nodes that cannot reach an output dropped. TF converts a called function's whole
@@ -22,37 +23,24 @@ definition into a graph several times per call site when it prepares the calling
 pruning: the supernet's pass, called ten times by a 2-learner search step, came out of
 tracing with 18,000 nodes, 7,800 of them constants with only 324 distinct values; it is
 registered with 8,600. The calls also ask Grappler for one round of its optimisers, not two,
-and no function optimiser (`_lean_grappler`).
+and no function optimiser (`lean_grappler_config`); `step_function` gives the calling step the
+same config.
 
-The registration and the registry clean-up use TF internals (`context.add_function_def`,
-`ops._gradient_registry`); setup.py pins TensorFlow's minor version, and
-tests/test_runtime_function.py checks that the graph is really released.
+The registration, the call options and the registry clean-up use TF internals, all in
+`internals.py`.
 """
 import collections
-import contextlib
-import copy
 import functools
 import gc
 import itertools
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import tensorflow as tf
-from tensorflow.core.framework import attr_value_pb2
-from tensorflow.core.framework import function_pb2
-from tensorflow.core.framework import node_def_pb2
-from tensorflow.core.protobuf import config_pb2
-from tensorflow.core.protobuf import rewriter_config_pb2
-from tensorflow.python.eager import context
-from tensorflow.python.framework import op_def_registry
-from tensorflow.python.framework import ops as tf_ops
 
-from il_tf import _malloc
+from il_tf.runtime import internals
+from il_tf.runtime import malloc
 
 _NAMES = itertools.count()
-
-
-def _custom_gradient_names():
-    return set(tf_ops._gradient_registry._registry)  # pylint: disable=protected-access
 
 
 def _node_of(reference: str) -> str:
@@ -69,13 +57,12 @@ def _colocated_with(node) -> list:
 
 def _is_pure(op_type: str) -> bool:
     """A registered op without side effects (a call of a function by its name is not)."""
-    op_def = op_def_registry.get(op_type)
-    return op_def is not None and not op_def.is_stateful
+    return internals.op_is_stateful(op_type) is False
 
 
-def simplify_function_def(definition: function_pb2.FunctionDef) -> int:
-    """Merges identical pure nodes and drops the nodes no output needs; returns how many
-    nodes went. In place.
+def simplify_function_def(definition) -> int:
+    """Merges identical pure nodes of a FunctionDef and drops the nodes no output needs;
+    returns how many nodes went. In place.
 
     Grappler does both (common_subgraph_elimination, model_pruner) when the function is
     instantiated; doing them once here shrinks every earlier conversion of the definition
@@ -144,7 +131,7 @@ def simplify_function_def(definition: function_pb2.FunctionDef) -> int:
         live.add(name)
         stack.extend(_node_of(i) for i in nodes[name].input)
         stack.extend(_colocated_with(nodes[name]))
-    kept = [node_def_pb2.NodeDef() for n in definition.node_def if n.name in live]
+    kept = [internals.NodeDef() for n in definition.node_def if n.name in live]
     for copy, node in zip(kept, (n for n in definition.node_def if n.name in live)):
         copy.CopyFrom(node)  # copies: the originals go with the field's clearing
     removed = len(definition.node_def) - len(kept)
@@ -154,7 +141,7 @@ def simplify_function_def(definition: function_pb2.FunctionDef) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _lean_grappler(config_proto: bytes) -> bytes:
+def lean_grappler_config(config_proto: bytes) -> bytes:
     """The calling context's session config with one round of Grappler's optimisers, not
     two, without its function optimiser and, on a machine without GPUs, without its layout
     and memory optimisers.
@@ -170,59 +157,87 @@ def _lean_grappler(config_proto: bytes) -> bytes:
     results differ in the last bits without it; with all three off, the quick search ended
     at another val loss.) `lean_grappler_calls` gives the calling step the same config.
     """
-    config = config_pb2.ConfigProto.FromString(config_proto)
+    config = internals.ConfigProto.FromString(config_proto)
     rewrite = config.graph_options.rewrite_options
-    rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
-    rewrite.function_optimization = rewriter_config_pb2.RewriterConfig.OFF
+    rewrite.meta_optimizer_iterations = internals.RewriterConfig.ONE
+    rewrite.function_optimization = internals.RewriterConfig.OFF
     if not tf.config.list_logical_devices("GPU"):  # (both matter on a GPU)
-        rewrite.layout_optimizer = rewriter_config_pb2.RewriterConfig.OFF
-        rewrite.memory_optimization = rewriter_config_pb2.RewriterConfig.OFF
+        rewrite.layout_optimizer = internals.RewriterConfig.OFF
+        rewrite.memory_optimization = internals.RewriterConfig.OFF
     return config.SerializeToString(deterministic=True)
 
 
-@contextlib.contextmanager
 def lean_grappler_calls():
-    """Functions called in this thread inside the block run with `_lean_grappler`'s config.
+    """Functions called in this thread inside the block (a context manager) run with
+    `lean_grappler_config`'s config.
 
-    For a `tf.function` that calls `RuntimeFunction`s (the search step): it is optimised
-    the way its calls of them are, and they get the same config whether they were traced
-    inside the block or not.
+    For a `tf.function` that calls `RuntimeFunction`s (the search step, `step_function`):
+    it is optimised the way its calls of them are, and they get the same config whether
+    they were traced inside the block or not.
     """
-    ctx = context.context()
-    before = ctx.function_call_options
-    options = copy.copy(before)
-    options.config_proto_serialized = config_pb2.ConfigProto.FromString(
-        _lean_grappler(before.config_proto_serialized))
-    ctx.function_call_options = options
-    try:
-        yield
-    finally:
-        ctx.function_call_options = before
+    return internals.function_call_config_set(
+        lean_grappler_config(internals.function_call_config()))
+
+
+def step_function(fn: Callable) -> Callable:
+    """`fn` as a `tf.function` without AutoGraph, called inside `lean_grappler_calls`: for a
+    step (the search's, which runs `replica_iteration` under `strategy.run`) that calls
+    `RuntimeFunction`s.
+
+    Without AutoGraph: such a step's control flow is Python's, over Python values (learners,
+    passes, options), so AutoGraph has nothing to convert, but converting the step and the
+    calls inside it cost about 6 s of the 2-learner search step's 17 s trace at C=8, 5 cells.
+    A tensor used as a Python bool in the step is an error.
+    """
+    traced = tf.function(fn, autograph=False)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with lean_grappler_calls():
+            return traced(*args, **kwargs)
+    return call
 
 
 class RuntimeFunction:
     """`python_function(*args)` traced once per signature and run from its FunctionDef.
 
     Args:
-      python_function: takes tensors (nested in lists/tuples) and returns one tensor or a
-        flat list of tensors; it must capture no tensors or variables from outside.
+      python_function: takes tensors (nested in lists/tuples) and returns a tensor or a
+        nested list/tuple of tensors; it must capture no tensors or variables from outside.
       name: prefix of the registered function's name.
       relaxed: indices of arguments traced with every dimension unknown, so that one trace
         serves them at any size (e.g. heads of any number of classes).
-      attributes: boolean FunctionDef attributes (e.g. {"_noinline": True}), set on the
-        registered definition (tf.function accepts only some of them).
+      shared: every call site runs this one definition, unchanged. Grappler copies a called
+        function for each call site that leaves some of its outputs unused (for the search:
+        the virtual step needs only dw, dh; the finite differences only dA) or passes it a
+        constant (the loss scale), and inlines it into its caller: each copy is another
+        optimised copy of the whole pass with its own executor, and the search step had
+        four. So the definition is marked `_noinline` and `_nospecialize`, and its outputs
+        are packed into one float32 vector inside it and unpacked at every call: a single
+        output, which every call site uses. Measured on the search at C=8, 5 cells, batch
+        16, second order: 300 MiB less peak memory and 13 s less start-up, for up to 20%
+        more time per iteration (the passes compute the outputs a call site does not use).
+        The outputs must be floating point (packed as float32: exact up to 32 bits, a
+        float64 output is rounded), and at most one may have a size that is unknown when
+        traced (one unknown dimension), e.g. the gradient of a relaxed argument.
     """
 
     def __init__(self, python_function: Callable, name: str, relaxed: Sequence[int] = (),
-                 attributes: Dict[str, Any] = None):
+                 shared: bool = False):
         self._python_function = python_function
         self._name = name
         self._relaxed = frozenset(relaxed)
-        self._attributes = attributes
-        self._traced: Dict[Tuple, Tuple[str, bool, list]] = {}
+        self._shared = shared
+        # signature -> (registered name, stateful, call outputs, unpacked outputs or None)
+        self._traced: Dict[Tuple, Tuple[str, bool, list, list]] = {}
+
+    @property
+    def definitions(self) -> list:
+        """The names of the registered definitions, one per traced signature."""
+        return [name for name, _, _, _ in self._traced.values()]
 
     def __call__(self, *args):
-        """The outputs, as a list of tensors."""
+        """The outputs, flattened (`tf.nest.flatten`) into a list of tensors."""
         args = tf.nest.map_structure(tf.convert_to_tensor, args)
         specs = [tf.nest.map_structure(lambda x, i=i: self._spec(x, i in self._relaxed), a)
                  for i, a in enumerate(args)]
@@ -232,14 +247,15 @@ class RuntimeFunction:
             # The trace's graph is a web of reference cycles; collected, its memory is
             # free inside the heap, where the step's tensors cannot reuse it.
             gc.collect()
-            _malloc.release_free_memory()
-        name, stateful, outputs = self._traced[key]
+            malloc.release_free_memory()
+        name, stateful, outputs, unpacked = self._traced[key]
         call = tf.raw_ops.StatefulPartitionedCall if stateful else tf.raw_ops.PartitionedCall
         results = call(args=tf.nest.flatten(args), Tout=[o.dtype for o in outputs], f=name,
-                       config_proto=_lean_grappler(
-                           context.context().function_call_options.config_proto_serialized))
+                       config_proto=lean_grappler_config(internals.function_call_config()))
         for result, spec in zip(results, outputs):
             result.set_shape(spec.shape)
+        if unpacked is not None:
+            return _unpack(results[0], unpacked)
         return list(results)
 
     @staticmethod
@@ -248,39 +264,80 @@ class RuntimeFunction:
         return tf.TensorSpec(shape, x.dtype)
 
     def _trace(self, specs):
-        registered_before = _custom_gradient_names()
+        registered_before = internals.custom_gradient_names()
+        unpacked = [] if self._shared else None
+        python_function = self._python_function
+        if self._shared:
+            def python_function(*args):  # pylint: disable=function-redefined
+                outputs = tf.nest.flatten(self._python_function(*args))
+                unpacked.extend(_packable_spec(o, self._name) for o in outputs)
+                return _pack(outputs)
         # No autograph: the passes have no tensor-dependent Python control flow, and
         # converting every Keras call they make is tracing time for nothing.
-        traced = tf.function(self._python_function, autograph=False)
+        traced = tf.function(python_function, autograph=False)
         concrete = traced.get_concrete_function(*specs)
         if concrete.captured_inputs:
             raise ValueError(f"{self._name}: the traced function captures "
                              f"{concrete.captured_inputs}; pass those values as arguments.")
-        if concrete.graph._functions:  # pylint: disable=protected-access
+        if internals.graph_calls_functions(concrete.graph):
             raise ValueError(f"{self._name}: the traced function calls other functions "
                              "(their definitions would go with the Python graph).")
-        definition = function_pb2.FunctionDef()
+        if unpacked is not None and sum(s.shape.num_elements() is None for s in unpacked) > 1:
+            raise ValueError(f"{self._name}: shared=True allows one output of unknown size, "
+                             f"got {unpacked}.")
+        definition = internals.FunctionDef()
         definition.CopyFrom(concrete.function_def)
         name = f"il_tf_{self._name}_{next(_NAMES)}"
         definition.signature.name = name
         simplify_function_def(definition)
-        for key, value in (self._attributes or {}).items():
-            definition.attr[key].CopyFrom(attr_value_pb2.AttrValue(b=value))
-        context.context().add_function_def(definition)
+        if self._shared:
+            for key in ("_noinline", "_nospecialize"):
+                definition.attr[key].CopyFrom(internals.AttrValue(b=True))
+        internals.register_function(definition)
         stateful = any(op.op_def.is_stateful for op in concrete.graph.get_operations())
         outputs = [tf.TensorSpec(o.shape, o.dtype) for o in concrete.outputs]
         # The trace's custom gradients were used while tracing (the definition holds the
         # gradient ops); their registry entries would keep the graph alive.
-        registry = tf_ops._gradient_registry._registry  # pylint: disable=protected-access
-        for entry in _custom_gradient_names() - registered_before:
-            del registry[entry]
-        return name, stateful, outputs
+        internals.forget_custom_gradients(
+            internals.custom_gradient_names() - registered_before)
+        return name, stateful, outputs, unpacked
 
     def __del__(self):
         try:
-            ctx = context.context()
-            for name, _, _ in self._traced.values():
-                if ctx.has_function(name):
-                    ctx.remove_function(name)
+            for name in self.definitions:
+                if internals.has_function(name):
+                    internals.remove_function(name)
         except (AttributeError, TypeError):  # interpreter shutdown: modules already gone
             pass
+
+
+def _packable_spec(output, function_name) -> tf.TensorSpec:
+    if not output.dtype.is_floating:
+        raise ValueError(f"{function_name}: shared=True packs floating-point outputs, got "
+                         f"{output.dtype.name}.")
+    if output.shape.rank is None or sum(d is None for d in output.shape.as_list()) > 1:
+        raise ValueError(f"{function_name}: shared=True needs outputs with at most one "
+                         f"unknown dimension, got shape {output.shape}.")
+    return tf.TensorSpec(output.shape, output.dtype)
+
+
+def _pack(outputs) -> tf.Tensor:
+    """The outputs as one float32 vector (a vector output as it is: one node less)."""
+    flat = [tf.cast(o, tf.float32) for o in outputs]
+    return tf.concat([o if o.shape.rank == 1 else tf.reshape(o, [-1]) for o in flat], axis=0)
+
+
+def _unpack(packed, specs) -> list:
+    """`_pack`'s inverse, given the outputs' specs; one may have an unknown size."""
+    sizes = [s.shape.num_elements() for s in specs]
+    unknown = [i for i, n in enumerate(sizes) if n is None]
+    if unknown:
+        sizes[unknown[0]] = tf.size(packed) - sum(n for n in sizes if n is not None)
+        sizes = tf.stack(sizes)
+    parts = tf.split(packed, sizes, num=len(specs))
+    out = []
+    for part, spec in zip(parts, specs):
+        if spec.shape.rank != 1:
+            part = tf.reshape(part, [-1 if d is None else d for d in spec.shape.as_list()])
+        out.append(tf.cast(part, spec.dtype))
+    return out

@@ -1,0 +1,75 @@
+"""The wall around TensorFlow: every workaround for its tracing, graph and memory costs.
+
+No other il_tf module imports `tensorflow.python` or reads a private attribute of TF or
+Keras; they use what this package exports, and a TensorFlow upgrade touches this folder.
+
+What a caller gets:
+- Trace once, call many times (`RuntimeFunction`, functions.py): a function traced once per
+  input signature (some arguments at any size), kept only as its simplified FunctionDef in
+  the runtime, its Python graph let go; `shared=True` makes every call site run that one
+  definition (outputs packed into one vector, no inlining, no specialisation).
+- Recompute in the backward pass (`call_recomputed`, `recompute_in_backward`,
+  `recompute_disabled`; recompute.py): a layer's activations recomputed when its gradient
+  is needed, not kept from the forward pass.
+- Lean Grappler (`step_function`, `lean_grappler_calls`; functions.py): a step that calls
+  `RuntimeFunction`s is traced without AutoGraph and it and its calls are optimised with one
+  Grappler round, no function optimiser and, without GPUs, no layout or memory optimiser.
+- Trace-time state (tracing.py): one constant per graph for a repeated value
+  (`shared_constant`) and the BN moving-statistics mode of the pass being traced
+  (`moving_statistics_frozen`, `moving_statistics_deferred`, `moving_statistics_mode`).
+- Keras's recursive layer listing (`flatten_layers`).
+- Process defaults, set when this package is first imported (il_tf's `__init__` imports it
+  before anything else), each with the environment variable that turns it off: glibc's
+  malloc arenas capped at one (malloc.py; `IL_TF_MALLOC_ARENAS`), oneDNN kernels on x86-64
+  Linux (onednn.py; `TF_ENABLE_ONEDNN_OPTS`), TensorFlow imported with its start-up noise
+  filtered from stderr (quiet.py; `IL_TF_VERBOSE_STARTUP`).
+
+What it costs:
+- A `RuntimeFunction` call has no gradient (use it for functions that compute their own),
+  its function may capture no tensors or variables and call no other functions, and its
+  definition stays registered until the object goes. With `shared=True`, every call computes
+  every output.
+- A recomputed layer costs one more forward pass per gradient; its forward may read no
+  variables (`call_recomputed` passes their values in) and it cannot be differentiated twice
+  (trace such passes inside `recompute_disabled`).
+- The lean Grappler config applies to everything called inside the block; the search's
+  results with it are bit-identical on the CPU (see `lean_grappler_config`).
+- The trace-time switches are module-global (not per thread) and act only while a function
+  is traced: a traced definition keeps what they were.
+- The process defaults act only if il_tf is imported before TensorFlow; capturing stderr
+  while TensorFlow starts needs a real file descriptor 2.
+
+What to change for a new TensorFlow (or Keras):
+- internals.py is the only file that touches private APIs; tests/test_tf_internals.py
+  exercises each one and names it when it fails. Fix the accessor there.
+- tests/test_runtime_function.py checks that a trace's graph is really released and the
+  gradient registry cleaned; the search must stay bit-identical
+  (`python benchmarks/search_state.py dump|compare`, on the old and the new TF).
+- quiet.py's list of start-up lines (a new release prints new ones); onednn.py's note on
+  TF's own oneDNN default; the pins in setup.py.
+"""
+# pylint: disable=g-import-not-at-top,wrong-import-position
+# First, before anything imports TensorFlow: the process defaults.
+from il_tf.runtime import malloc
+from il_tf.runtime import onednn
+from il_tf.runtime import quiet
+
+malloc.limit_arenas()
+onednn.enable_by_default()
+quiet.import_tensorflow_quietly()
+
+from il_tf.runtime.functions import RuntimeFunction
+from il_tf.runtime.functions import lean_grappler_calls
+from il_tf.runtime.functions import lean_grappler_config
+from il_tf.runtime.functions import simplify_function_def
+from il_tf.runtime.functions import step_function
+from il_tf.runtime.internals import checkpoint_object_graph
+from il_tf.runtime.internals import flatten_layers
+from il_tf.runtime.internals import num_workers
+from il_tf.runtime.recompute import call_recomputed
+from il_tf.runtime.recompute import recompute_disabled
+from il_tf.runtime.recompute import recompute_in_backward
+from il_tf.runtime.tracing import moving_statistics_deferred
+from il_tf.runtime.tracing import moving_statistics_frozen
+from il_tf.runtime.tracing import moving_statistics_mode
+from il_tf.runtime.tracing import shared_constant
