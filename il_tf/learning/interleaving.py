@@ -24,7 +24,6 @@ import gin
 import tensorflow as tf
 
 from il_tf import optimizers
-from il_tf import runtime
 from il_tf.learning import functional
 from il_tf.learning import strategies
 from il_tf.models import supernet as supernet_lib
