@@ -154,6 +154,7 @@ def test_pc_darts_gin_values():
     assert len(q("il_tf.search.tasks")) == 1  # darts.gin's CIFAR-10, one learner
 
 
+@pytest.mark.slow
 def test_pc_darts_gin_composes_with_search_digits(data_dir, tmp_path):
     """search_digits.gin + pc_darts.gin, shrunk: a first-order partial-channel search whose
     alphas stay put through the 1-epoch warm-up and move after it."""
@@ -281,6 +282,7 @@ def test_three_learners_two_steps_per_stage_follow_the_hand_schedule(tiny_net):
     assert int(opt.iteration.numpy()) == 2 and int(opt.stages_done.numpy()) == 6
 
 
+@pytest.mark.slow
 def test_three_learner_search_runs_end_to_end(data_dir, tmp_path):
     """K = 3 (digits 0-4, digits 5-9, all digits), steps_per_stage = 2, one tiny epoch."""
     from il_tf.learning import search as search_lib  # pylint: disable=g-import-not-at-top
@@ -314,6 +316,7 @@ def _retrain(data_dir, model_dir, *bindings):
     return training.train(model_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_retraining_runs_end_to_end(data_dir, tmp_path, precision):
     result = _retrain(data_dir, str(tmp_path / "run"),
@@ -324,6 +327,7 @@ def test_mixed_precision_retraining_runs_end_to_end(data_dir, tmp_path, precisio
     assert any("loss_scale" in k for k in reader.get_variable_to_shape_map())
 
 
+@pytest.mark.slow
 def test_jit_compiled_retraining_runs_end_to_end(data_dir, tmp_path):
     result = _retrain(data_dir, str(tmp_path / "run"), "il_tf.training.train.jit_compile = True")
     assert np.isfinite(result["train_loss"]) and 0.0 <= result["test_error"] <= 1.0
