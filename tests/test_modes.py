@@ -7,6 +7,9 @@ C = 8 and 3 cells, one or two epochs of two steps.
 """
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import il_tf  # pylint: disable=unused-import  # quiet TensorFlow import
 import gin
@@ -21,6 +24,7 @@ from il_tf.learning import interleaving
 from il_tf.models import supernet as supernet_lib
 
 SIZE, BATCH = 8, 4
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +104,46 @@ def test_arch_warmup_skips_the_architecture_step_and_resumes_exactly(pc_net, tmp
     for i in range(1, 4):
         opt.replica_iteration(batches(i))
         np.testing.assert_array_equal(_flat_state(opt), states[i])
+
+
+# Two logical CPUs: the warm-up without a tf.cond (the all-reduces cannot sit in one).
+_MIRRORED_WARMUP = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import il_tf, keras, numpy as np
+from il_tf.learning import interleaving
+from il_tf.models import supernet as supernet_lib
+strategy = tf.distribute.MirroredStrategy()
+with strategy.scope():
+    keras.utils.set_random_seed(0)
+    net = supernet_lib.Supernet(channels=4, layers=2, partial_channels=4, seed=0)
+    supernet_lib.build(net, (8, 8, 3))
+    opt = interleaving.InterleavingOptimizer(net, [3, 4], strategy, steps_per_epoch=1,
+                                             epochs=3, arch_warmup_epochs=1, arch_lr=1e-2)
+rng = np.random.RandomState(0)
+def batch(n):
+    return (tf.constant(rng.randn(8, 8, 8, 3).astype(np.float32)),
+            tf.constant(rng.randint(0, n, 8).astype(np.int32)))
+data = [([batch(3)], batch(3)), ([batch(4)], batch(4))]
+@interleaving.step_function
+def iteration(batches):
+    out = strategy.run(opt.replica_iteration, args=(batches,))
+    return {k: strategy.experimental_local_results(v)[0] for k, v in out.items()}
+start = [a.numpy() for a in opt.alphas]
+for i in range(2):
+    val = iteration(data)["search_val_loss"].numpy()
+    moved = any(not np.array_equal(a.numpy(), b) for a, b in zip(opt.alphas, start))
+    print(i, (val > 0).all(), int(opt.arch_optimizer.step.numpy()), moved)
+"""
+
+
+def test_arch_warmup_under_two_replicas():
+    env = {**os.environ, "PYTHONPATH": REPO}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_MIRRORED_WARMUP)], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[-3:-1] == ["0 False 0 False", "1 True 1 True"], out.stdout
 
 
 def test_bad_warmup_fails(pc_net):

@@ -321,20 +321,33 @@ class InterleavingOptimizer(tf.Module):
     def _architecture_step_after_warmup(self, batches):
         """`architecture_step`, or nothing (val losses 0) in the first `arch_warmup_epochs`.
 
-        The decision is a tensor of the iteration counter (a `tf.cond`): the step function
-        is traced once for the whole run, warm-up or not, and a resumed run decides alike."""
+        The decision is a tensor of the iteration counter: the step function is traced once
+        for the whole run, warm-up or not, and a resumed run decides alike. On one replica a
+        `tf.cond` skips the step's passes. Under several replicas the all-reduces inside the
+        step cannot sit in a `tf.cond` (MirroredStrategy's merge_call refuses control flow
+        around them), so the step is computed and its result discarded: A and Adam's state
+        are put back during the warm-up (correct, but no faster than searching)."""
         if not self.arch_warmup_iterations:
             return self.architecture_step(batches)
+        active = self.iteration >= self.arch_warmup_iterations
+        if self.strategy.num_replicas_in_sync == 1:
+            def step():
+                losses = tf.stack(self.architecture_step(batches))
+                self._passes.last = []  # the branch's passes cannot be waited on outside it
+                return losses
 
-        def step():
-            losses = tf.stack(self.architecture_step(batches))
-            self._passes.last = []  # the branch's passes cannot be waited on outside it
-            return losses
-
-        losses = tf.cond(self.iteration >= self.arch_warmup_iterations, step,
-                         lambda: tf.zeros([self.num_learners]))
-        self._passes.last = [losses] if self.sequential_passes else []
-        return tf.unstack(losses)
+            losses = tf.cond(active, step, lambda: tf.zeros([self.num_learners]))
+            self._passes.last = [losses] if self.sequential_passes else []
+            return tf.unstack(losses)
+        adam = self.arch_optimizer
+        state = list(self.alphas) + list(adam.m) + list(adam.v) + [adam.step]
+        saved = [v.read_value() for v in state]
+        with tf.control_dependencies(saved):
+            losses = self.architecture_step(batches)
+        with tf.control_dependencies(losses):
+            for v, old in zip(state, saved):
+                v.assign(tf.where(active, v.read_value(), old))
+        return [tf.where(active, loss, 0.0) for loss in losses]
 
     # ---------------------------------------------------------------- eqs. 2-3
     def weight_stage(self, learner, train_batches, handover=None):
