@@ -3,6 +3,7 @@
     python benchmarks/search_step.py --channels=8 --layers=5 --batch=16 --order=2 --learners=1
     python benchmarks/search_step.py --learners=2 --hessian=exact --chained   # vs without
     python benchmarks/search_step.py --learners=2 --strategy=multitask
+    python benchmarks/search_step.py --order=1 --partial_channels=4   # PC-DARTS vs =1
 
 startup_s is process start to the end of the first iteration (imports, building, tracing,
 graph optimisation); seconds_per_iter is the median over --iters timed iterations after
@@ -41,6 +42,8 @@ flags.DEFINE_enum("strategy", "interleaved", ["interleaved", "blocked", "multita
 flags.DEFINE_bool("chained", False, "Chained hypergradient (needs --hessian=exact).")
 flags.DEFINE_enum("recompute", "edges", supernet_lib.RECOMPUTE_MODES,
                   "What the backward pass recomputes (Supernet.recompute; the search's default).")
+flags.DEFINE_integer("partial_channels", 1,
+                     "PC-DARTS's k (with edge normalisation when > 1); 1 = full channels.")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after the first.")
 flags.DEFINE_integer("iters", 5, "Timed iterations.")
 FLAGS = flags.FLAGS
@@ -51,7 +54,8 @@ def main(argv):
     strategy = tf.distribute.get_strategy()
     shape = (FLAGS.image_size, FLAGS.image_size, 3)
     net = supernet_lib.Supernet(FLAGS.channels, FLAGS.layers, seed=0,
-                                recompute=FLAGS.recompute)
+                                recompute=FLAGS.recompute,
+                                partial_channels=FLAGS.partial_channels)
     supernet_lib.build(net, shape)
     opt = interleaving.InterleavingOptimizer(
         net, [10] * FLAGS.learners, strategy, steps_per_epoch=1000, epochs=50,
@@ -85,6 +89,7 @@ def main(argv):
         "order": FLAGS.order, "hessian": FLAGS.hessian, "learners": FLAGS.learners,
         "sequential_passes": FLAGS.sequential_passes, "strategy": FLAGS.strategy,
         "chained": FLAGS.chained, "recompute": FLAGS.recompute,
+        "partial_channels": FLAGS.partial_channels,
         "seconds_per_iter": round(sec, 4), "seconds_per_iter_all": [round(t, 4) for t in times],
         "images_per_sec": round(2 * FLAGS.batch * FLAGS.learners / sec, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -151,6 +151,13 @@ class DynamicLossScale(tf.Module):
     The loss is multiplied by `scale` before the backward pass and the gradients divided by
     it; a step with non-finite gradients is skipped and halves the scale, `growth_steps`
     finite steps in a row double it.
+
+    Why not `keras.mixed_precision.LossScaleOptimizer`: it wraps a Keras optimizer, and the
+    step here is `TorchSGD` (module docstring: coupled weight decay, PyTorch's momentum
+    buffer, one clip by the norm of the all-reduced batch gradient), which is not one. The
+    scaler must also sit between the all-reduce and the clip: unscale, test the global norm
+    for finiteness, clip, then update or skip; LossScaleOptimizer unscales and tests inside
+    its own `apply`, after any clipping a caller did on the scaled gradients.
     """
 
     def __init__(self, initial_scale: float = 2.0 ** 15, growth_steps: int = 2000,

@@ -86,6 +86,10 @@ class InterleavingOptimizer(tf.Module):
         its training batch (value: the real anchor; derivative in A: that of the step), where
         the paper's note treats the anchor as a constant. One extra double-backprop pass per
         anchored learner. Interleaved only.
+      arch_warmup_epochs: epochs of weight stages alone before the first architecture step
+        (PC-DARTS: 15 of 50). Decided from the checkpointed iteration counter, so a resumed
+        run warms up exactly as an uninterrupted one; the warm-up's search val losses are
+        reported as 0 (no hypergradient is computed).
     """
 
     def __init__(self, supernet: supernet_lib.Supernet, num_classes: Sequence[int], strategy,
@@ -95,7 +99,8 @@ class InterleavingOptimizer(tf.Module):
                  regularizer_in_clip: bool = True, steps_per_stage: int = 1,
                  arch_lr: float = 3e-5, arch_beta_1: float = 0.5, arch_beta_2: float = 0.999,
                  arch_weight_decay: float = 1e-4, sequential_passes: bool = True,
-                 learning_strategy: str = "interleaved", chained: bool = False):
+                 learning_strategy: str = "interleaved", chained: bool = False,
+                 arch_warmup_epochs: int = 0):
         super().__init__(name="interleaving")
         self.sequential_passes = sequential_passes
         # Per thread: MirroredStrategy traces each replica's function in its own thread.
@@ -114,6 +119,9 @@ class InterleavingOptimizer(tf.Module):
         if chained and learning_strategy != "interleaved":
             raise ValueError("chained=True is defined for learning_strategy='interleaved' only.")
         self.chained = chained
+        if arch_warmup_epochs < 0:
+            raise ValueError(f"arch_warmup_epochs must be >= 0, got {arch_warmup_epochs}.")
+        self.arch_warmup_epochs = int(arch_warmup_epochs)
         self.strategy = strategy
         self.fn = functional.SupernetFunctions(supernet)
         self.order, self.hessian = order, hessian
@@ -152,6 +160,10 @@ class InterleavingOptimizer(tf.Module):
         """Distinct training batches per learner per iteration the strategy can use."""
         return strategies.train_batches_per_learner(self.learning_strategy, self.num_learners,
                                                     self.steps_per_stage)
+
+    @property
+    def arch_warmup_iterations(self) -> int:
+        return self.arch_warmup_epochs * self.steps_per_epoch
 
     def learning_rate(self):
         """xi and the real steps' lr: cosine annealing per epoch (DARTS's scheduler)."""
@@ -288,6 +300,37 @@ class InterleavingOptimizer(tf.Module):
         self.arch_optimizer.apply(total, self.alphas)
         return losses
 
+    def _architecture_step_after_warmup(self, batches):
+        """`architecture_step`, or nothing (val losses 0) in the first `arch_warmup_epochs`.
+
+        The decision is a tensor of the iteration counter: the step function is traced once
+        for the whole run, warm-up or not, and a resumed run decides alike. On one replica a
+        `tf.cond` skips the step's passes. Under several replicas the all-reduces inside the
+        step cannot sit in a `tf.cond` (MirroredStrategy's merge_call refuses control flow
+        around them), so the step is computed and its result discarded: A and Adam's state
+        are put back during the warm-up (correct, but no faster than searching)."""
+        if not self.arch_warmup_iterations:
+            return self.architecture_step(batches)
+        active = self.iteration >= self.arch_warmup_iterations
+        if self.strategy.num_replicas_in_sync == 1:
+            def step():
+                losses = tf.stack(self.architecture_step(batches))
+                self._passes.last = []  # the branch's passes cannot be waited on outside it
+                return losses
+
+            losses = tf.cond(active, step, lambda: tf.zeros([self.num_learners]))
+            self._passes.last = [losses] if self.sequential_passes else []
+            return tf.unstack(losses)
+        adam = self.arch_optimizer
+        state = list(self.alphas) + list(adam.m) + list(adam.v) + [adam.step]
+        saved = [v.read_value() for v in state]
+        with tf.control_dependencies(saved):
+            losses = self.architecture_step(batches)
+        with tf.control_dependencies(losses):
+            for v, old in zip(state, saved):
+                v.assign(tf.where(active, v.read_value(), old))
+        return [tf.where(active, loss, 0.0) for loss in losses]
+
     # ---------------------------------------------------------------- eqs. 2-3
     def weight_stage(self, learner, train_batches, handover=None):
         """Learner k receives the current encoder and trains it (eq. 2 at the first stage,
@@ -369,7 +412,8 @@ class InterleavingOptimizer(tf.Module):
           dict of per-learner tensors: search val loss, train loss, train correct, count.
         """
         self._passes.last = []  # a new trace: no pass to wait for yet
-        val_losses = self.architecture_step([(tr[0], val) for tr, val in batches])
+        val_losses = self._architecture_step_after_warmup(
+            [(tr[0], val) for tr, val in batches])
         if self.learning_strategy != "interleaved":
             return self._baseline_stages(batches, val_losses)
         out = {"search_val_loss": [], "train_loss": [], "train_correct": [], "train_count": []}
