@@ -20,6 +20,7 @@ import tensorflow as tf
 
 import conftest
 from il_tf import config
+from il_tf import runtime
 from il_tf.learning import interleaving
 from il_tf.models import supernet as supernet_lib
 
@@ -112,6 +113,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import il_tf, keras, numpy as np
+from il_tf import runtime
 from il_tf.learning import interleaving
 from il_tf.models import supernet as supernet_lib
 strategy = tf.distribute.MirroredStrategy()
@@ -126,7 +128,7 @@ def batch(n):
     return (tf.constant(rng.randn(8, 8, 8, 3).astype(np.float32)),
             tf.constant(rng.randint(0, n, 8).astype(np.int32)))
 data = [([batch(3)], batch(3)), ([batch(4)], batch(4))]
-@interleaving.step_function
+@runtime.step_function
 def iteration(batches):
     out = strategy.run(opt.replica_iteration, args=(batches,))
     return {k: strategy.experimental_local_results(v)[0] for k, v in out.items()}
@@ -161,7 +163,7 @@ def test_traced_second_order_search_with_partial_channels(pc_net, warmup):
         hessian="joint", arch_lr=1e-2, arch_warmup_epochs=warmup)
     strategy = tf.distribute.get_strategy()
 
-    @interleaving.step_function
+    @runtime.step_function
     def iteration(batches):
         return strategy.run(opt.replica_iteration, args=(batches,))
 
