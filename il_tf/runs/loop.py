@@ -283,7 +283,7 @@ class RunLoop:
         try:
             return fn()
         except TrainingDivergedError as error:
-            raise self._diverged(str(error)) from None
+            raise self._diverged(str(error), type(error)) from None
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
             if runtime.num_workers(self.strategy) <= 1:
                 raise
@@ -292,11 +292,12 @@ class RunLoop:
                 f"start every worker again with its same command to resume from "
                 f"{os.path.basename(self.keeper.latest or 'the start')}") from None
 
-    def _diverged(self, what: str) -> TrainingDivergedError:
+    def _diverged(self, what: str, kind=TrainingDivergedError) -> TrainingDivergedError:
+        """`kind` keeps the program's own error class (e.g. the search's)."""
         kept = self.keeper.latest
         where = (f"the last good checkpoint {os.path.basename(kept)} and the metrics up to it "
                  f"are kept" if kept else "no checkpoint had been saved yet")
-        return TrainingDivergedError(
+        return kind(
             f"{what}; stopped without saving ({where}). To resume, {self.program.divergence_hint()}"
             f" and run the same command again.")
 
