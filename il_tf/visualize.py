@@ -444,8 +444,11 @@ def read_metrics(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
     """
     records = run_metrics.read_metrics(os.fspath(path), required=True)
     if not records:
-        raise AlphaCourseError(f"{path} holds no record: the search has not logged its first "
-                               f"epoch yet")
+        path = os.fspath(path)
+        if not path.endswith(".jsonl"):
+            path = os.path.join(path, METRICS_FILE)
+        raise AlphaCourseError(f"{path} is empty: the search has not logged its first epoch "
+                               f"yet")
     return records
 
 

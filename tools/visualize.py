@@ -78,5 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _common.run(main, extra_errors=(visualize.AlphaCourseError, ValueError, ImportError,
-                                    OSError))
+    _common.run(main)
