@@ -77,15 +77,9 @@ def restore(model_dir: str, checkpoint: Optional[str] = None) -> RestoredRun:
         model = loop.network(genotype, task.num_classes)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    try:
-        checkpoints.read(checkpoints.model_checkpoint(model), path, partial=True)
-        step = checkpoints.saved_step(path)
-    except (IndexError, OSError) as error:
-        # TF 2.21's reader raises IndexError on a truncated data file, which `read` lets
-        # through; reported in the same words as the corruption it does catch.
-        raise CheckpointError(f"checkpoint {path} cannot be read, it is corrupt or incomplete "
-                              f"({type(error).__name__}: {error}); pass --checkpoint=<an "
-                              f"earlier ckpt-N> or retrain.") from None
+    # `read` reports a corrupt or truncated file (IndexError, OSError included) in one line.
+    checkpoints.read(checkpoints.model_checkpoint(model), path, partial=True)
+    step = checkpoints.saved_step(path)
     record = run_metrics.record_at_step(model_dir, step)
     return RestoredRun(model, task, genotype, path, step, record["epoch"] if record else None)
 
