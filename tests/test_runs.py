@@ -174,6 +174,39 @@ def test_sigint_saves_exits_130_with_the_resume_command_and_resumes_exactly(
     _assert_same_run(model_dir, reference)
 
 
+_LEARNERS = {
+    1: ["il_tf.search.tasks = [@all/il_tf.data.task()]", "all/il_tf.data.task.name = 'digits'"],
+    2: [],  # search_digits.gin's digits_low, digits_high
+    3: ["il_tf.search.tasks = [@low/il_tf.data.task(), @high/il_tf.data.task(), "
+        "@all/il_tf.data.task()]", "all/il_tf.data.task.name = 'digits'"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy, learners, steps_per_stage", [
+    ("interleaved", 1, 1),  # DARTS
+    ("blocked", 3, 2),      # 6 iterations in blocks of 2: resumed at the hand-over at 4
+    ("multitask", 2, 1),
+    ("single", 2, 1),
+])
+def test_every_strategy_and_learner_count_resumes_exactly(
+        data_dir, tmp_path, strategy, learners, steps_per_stage):
+    extra = [f"il_tf.learning.InterleavingOptimizer.learning_strategy = '{strategy}'",
+             f"il_tf.learning.InterleavingOptimizer.steps_per_stage = {steps_per_stage}",
+             *_LEARNERS[learners]]
+    reference = str(tmp_path / "uninterrupted")
+    model_dir = str(tmp_path / "run")
+    uninterrupted = _start(_search_cmd(reference, data_dir, *extra))
+    # Killed after iteration 5 (epoch 2, its checkpoint at 4 kept), then resumed.
+    _run(_search_cmd(model_dir, data_dir, *extra), kill_at="step:5",
+         returncode=-signal.SIGKILL)
+    assert _prefixes(model_dir)[-1].endswith("ckpt-4")
+    _finish(uninterrupted)
+    _run(_search_cmd(model_dir, data_dir, *extra))
+    _assert_same_run(model_dir, reference, ("genotype.json", "genotype_best.json"))
+    assert len(_metrics(reference)[-1]["val_loss"]) == learners
+
+
 @pytest.mark.slow
 def test_rerunning_a_finished_search_prints_its_summary_without_work(
         data_dir, uninterrupted_search):
