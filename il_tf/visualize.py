@@ -643,7 +643,7 @@ def draw_alpha_course(records: Sequence[Mapping[str, Any]],
                       out_prefix: Union[str, os.PathLike],
                       genotype: Union[Genotype, str, None] = None,
                       title: Optional[str] = None, formats: Sequence[str] = FORMATS,
-                      dpi: int = 110) -> List[str]:
+                      dpi: int = 110, figure=None) -> List[str]:
     """Draws the alphas' course into `<out_prefix>.<fmt>`, replacing earlier files atomically.
 
     Meant to be called after every epoch of a search with the metrics.jsonl records so far,
@@ -656,6 +656,8 @@ def draw_alpha_course(records: Sequence[Mapping[str, Any]],
         title: text in front of the heading.
         formats: file formats, any of "png", "svg" (or others matplotlib writes).
         dpi: resolution of raster formats.
+        figure: `alpha_course_figure(records, genotype, title)` if already drawn (a search
+          draws it once per epoch for its files and TensorBoard); the three are then unused.
 
     Returns:
         The paths written, in `formats` order.
@@ -667,7 +669,7 @@ def draw_alpha_course(records: Sequence[Mapping[str, Any]],
     """
     matplotlib, _, _, _ = _matplotlib()
     _check_formats(formats)
-    fig = alpha_course_figure(records, genotype=genotype, title=title)
+    fig = figure or alpha_course_figure(records, genotype=genotype, title=title)
     out_prefix = os.fspath(out_prefix)
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
     paths = []
@@ -681,7 +683,8 @@ def draw_alpha_course(records: Sequence[Mapping[str, Any]],
 
 def alpha_course_image(records: Sequence[Mapping[str, Any]],
                        genotype: Union[Genotype, str, None] = None,
-                       title: Optional[str] = None, dpi: int = 80) -> np.ndarray:
+                       title: Optional[str] = None, dpi: int = 80,
+                       figure=None) -> np.ndarray:
     """The alphas' course as an RGBA image for TensorBoard.
 
     Log it with `tf.summary.image("alpha_course", image[None], step=...)`.
@@ -689,6 +692,7 @@ def alpha_course_image(records: Sequence[Mapping[str, Any]],
     Args:
         records, genotype, title: as for `alpha_course_figure`.
         dpi: pixels per inch (80: about 1,300 x 500 pixels for DARTS's cells).
+        figure: as for `draw_alpha_course`.
 
     Returns:
         A uint8 array of shape (height, width, 4).
@@ -696,7 +700,7 @@ def alpha_course_image(records: Sequence[Mapping[str, Any]],
     Raises:
         AlphaCourseError: if the records hold no usable alphas.
     """
-    fig = alpha_course_figure(records, genotype=genotype, title=title)
+    fig = figure or alpha_course_figure(records, genotype=genotype, title=title)
     fig.set_dpi(dpi)
     fig.patch.set_facecolor("white")
     fig.canvas.draw()

@@ -30,3 +30,16 @@ def tiny_supernet(channels: int, layers: int, size: int):
     for v in model.architecture_variables:
         v.assign(0.5 * rng.randn(*v.shape).astype(np.float32))
     return model
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`, pytest.ini), the tests of a module that share a
+    module-scoped fixture (a traced step, a finished run) go to one worker, so that the fixture
+    is built once; every other test goes to whichever worker is free."""
+    del config
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = sorted(name for name, defs in (info.name2fixturedefs.items() if info else ())
+                        if defs and defs[-1].scope == "module")
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -63,7 +63,7 @@ def test_two_workers_run_the_search_tool_into_one_run_dir_written_once(data_dir,
                 "il_tf.search.max_steps_per_epoch = 2", "il_tf.search.channels = 2",
                 "il_tf.search.layers = 2", "il_tf.search.batch_size = 8",
                 "il_tf.search.eval_batch_size = 512", "il_tf.search.verbose = 0",
-                "il_tf.search.draw_cells = False"]
+                "il_tf.search.draw_pictures = True"]
     cmd = [sys.executable, os.path.join(os.path.dirname(SCRIPT), "..", "tools", "search.py"),
            f"--model_dir={model_dir}"] + [f"--gin_bindings={b}" for b in bindings]
     ports = [_free_port(), _free_port()]

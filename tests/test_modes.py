@@ -182,7 +182,7 @@ def _digits_pc_darts_bindings(data_dir):
     return [f"il_tf.data.tfds_config.data_dir = '{data_dir}'",
             "il_tf.search.epochs = 2", "il_tf.search.max_steps_per_epoch = 2",
             "il_tf.search.batch_size = 8", "il_tf.search.layers = 2",
-            "il_tf.search.verbose = 0", "il_tf.search.draw_cells = False",
+            "il_tf.search.verbose = 0", "il_tf.search.draw_pictures = False",
             "il_tf.learning.InterleavingOptimizer.arch_warmup_epochs = 1"]
 
 
@@ -340,7 +340,7 @@ def test_three_learner_search_runs_end_to_end(data_dir, tmp_path):
         "il_tf.learning.InterleavingOptimizer.steps_per_stage = 2",
         "il_tf.search.epochs = 1", "il_tf.search.max_steps_per_epoch = 2",
         "il_tf.search.channels = 2", "il_tf.search.layers = 2", "il_tf.search.batch_size = 8",
-        "il_tf.search.verbose = 0", "il_tf.search.draw_cells = False"],
+        "il_tf.search.verbose = 0", "il_tf.search.draw_pictures = False"],
         imports=["il_tf.learning.search"])
     record = search_lib.search(str(tmp_path / "run"))
     assert record["learners"] == ["digits_low", "digits_high", "digits"]

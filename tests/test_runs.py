@@ -37,7 +37,7 @@ def _search_cmd(model_dir, data_dir, *extra):
                 "il_tf.search.channels = 2", "il_tf.search.layers = 2",
                 "il_tf.search.batch_size = 8", "il_tf.search.eval_batch_size = 512",
                 "il_tf.search.verbose = 0", "il_tf.search.log_every_steps = 1",
-                "il_tf.search.draw_cells = False", "il_tf.search.checkpoint_every_steps = 2",
+                "il_tf.search.draw_pictures = False", "il_tf.search.checkpoint_every_steps = 2",
                 "il_tf.learning.InterleavingOptimizer.arch_lr = 0.003", *extra]
     return [sys.executable, os.path.join(REPO, "tools", "search.py"),
             f"--model_dir={model_dir}"] + [f"--gin_bindings={b}" for b in bindings]

@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # normal 1.909-1.988, reduce 1.850-1.892.
 MAX_ENTROPY = 2.04
 TINY = dict(batch_size=16, channels=2, layers=3, max_steps_per_epoch=4, eval_batch_size=512,
-            verbose=0, draw_cells=True)
+            verbose=0, draw_pictures=True)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,8 @@ def _records(model_dir):
 def test_writes_every_output(run):
     model_dir, _ = run
     for name in ("config.gin", "genotype.json", "genotype_best.json", "metrics.jsonl",
-                 "cells/normal.png", "cells/reduce.svg", "checkpoints/checkpoint"):
+                 "cells/normal.png", "cells/reduce.svg", "alpha_course.png", "alpha_course.svg",
+                 "checkpoints/checkpoint"):
         assert os.path.getsize(os.path.join(model_dir, name)) > 0, name
     assert any(f.startswith("events") for f in os.listdir(os.path.join(model_dir, "tensorboard")))
     assert "InterleavingOptimizer.proximity" in open(os.path.join(model_dir, "config.gin")).read()

@@ -314,7 +314,7 @@ def test_shipped_offline_ablation_runs(tmp_path, name):
             ["il_tf.search.epochs = 1", "il_tf.search.max_steps_per_epoch = 2",
              "il_tf.search.channels = 2", "il_tf.search.layers = 2",
              "il_tf.search.batch_size = 8",
-             "il_tf.search.verbose = 0", "il_tf.search.draw_cells = False",
+             "il_tf.search.verbose = 0", "il_tf.search.draw_pictures = False",
              f"il_tf.data.tfds_config.data_dir = '{tmp_path / 'tfds'}'"],
             imports=["il_tf.learning.search"])
         assert gin.query_parameter(

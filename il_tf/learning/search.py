@@ -12,7 +12,8 @@ resume, metrics, progress and signals. What is the search's own:
   its whole D_k^val in inference mode; `genotype.json` is the epoch's genotype and
   `genotype_best.json` the one at the lowest summed validation loss;
 - the run directory also gets the alphas' course (`alpha_course.png`/`.svg`, every
-  epoch, and in TensorBoard) and the final genotype's cells (`cells/`).
+  epoch, and in TensorBoard) and the final genotype's cells (`cells/`), unless
+  `draw_pictures` is off.
 
 metrics.jsonl records: `epoch`, `step` (iterations done), `learners`, `train_loss`,
 `train_acc`, `val_loss`, `val_acc` (one entry per learner), `val_loss_sum`, `best`,
@@ -68,7 +69,7 @@ def search(model_dir: str,
            seed: int = 0,
            checkpoint_every_steps: int = 200,
            keep_checkpoints: int = 3,
-           draw_cells: bool = True,
+           draw_pictures: bool = True,
            verbose: Optional[int] = None,
            log_every_steps: int = 50,
            fail_on_step: Optional[int] = None) -> dict:
@@ -92,7 +93,9 @@ def search(model_dir: str,
       seed: seeds the alphas, weights and data order.
       checkpoint_every_steps: a checkpoint also every this many iterations (and each epoch).
       keep_checkpoints: how many checkpoints are kept.
-      draw_cells: draw the final genotype's cells (PNG, SVG).
+      draw_pictures: draw the alphas' course after every epoch (PNG, SVG, TensorBoard;
+        about 2 s an epoch) and the final genotype's cells (PNG, SVG); False for quick
+        runs that only need the genotype and metrics.
       verbose: 1 = a progress bar, 0 = plain lines; None decides from the terminal.
       log_every_steps: without a progress bar, a line every this many iterations.
       fail_on_step: testing aid: make the loss NaN at this iteration.
@@ -109,7 +112,7 @@ def search(model_dir: str,
             run_dir, tasks, strategy, batch_size=batch_size, epochs=epochs, channels=channels,
             layers=layers, partial_channels=partial_channels, recompute=recompute,
             max_steps_per_epoch=max_steps_per_epoch, eval_batch_size=eval_batch_size,
-            max_eval_batches=max_eval_batches, seed=seed, draw_cells=draw_cells,
+            max_eval_batches=max_eval_batches, seed=seed, draw_pictures=draw_pictures,
             fail_on_step=fail_on_step)
         progress = runs.Progress(program.steps_per_epoch, epochs,
                                  interactive=None if verbose is None else bool(verbose),
@@ -125,12 +128,13 @@ class SearchProgram(runs.Program):
     def __init__(self, run_dir: runs.RunDir, tasks: Sequence, strategy, *, batch_size: int,
                  epochs: int, channels: int, layers: int, partial_channels: int,
                  recompute: str, max_steps_per_epoch: Optional[int], eval_batch_size: int,
-                 max_eval_batches: Optional[int], seed: int, draw_cells: bool,
+                 max_eval_batches: Optional[int], seed: int, draw_pictures: bool,
                  fail_on_step: Optional[int]):
         self.run_dir, self.tasks, self.strategy = run_dir, list(tasks), strategy
         self.batch_size, self.epochs, self.seed = batch_size, epochs, seed
         self.eval_batch_size, self.max_eval_batches = eval_batch_size, max_eval_batches
-        self.draw_cells, self.fail_on_step = draw_cells, fail_on_step
+        self.draw_pictures, self.fail_on_step = draw_pictures, fail_on_step
+        self._course = (None, None)  # (records it shows, the alphas' course figure)
         steps = min(t.num_examples("search_train") // batch_size for t in self.tasks)
         if steps < 1:
             raise ValueError(f"batch_size {batch_size} is larger than a learner's "
@@ -280,16 +284,29 @@ class SearchProgram(runs.Program):
         for key in ("val_loss_sum", "alpha_entropy_normal", "alpha_entropy_reduce"):
             if key in record:
                 scalars[key.replace("alpha_entropy_", "alpha_entropy/")] = record[key]
+        if not self.draw_pictures:
+            return scalars, {}
         from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
-        return scalars, {"alpha_course": visualize.alpha_course_image(records)}
+        return scalars, {"alpha_course": visualize.alpha_course_image(
+            records, figure=self._course_figure(records))}
+
+    def _course_figure(self, records):
+        """The alphas' course up to `records[-1]`, drawn once for its files and TensorBoard."""
+        key = (len(records), records[-1].get("step"))
+        if self._course[0] != key:
+            from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
+            self._course = (key, visualize.alpha_course_figure(records))
+        return self._course[1]
 
     def write_outputs(self, record, records) -> None:
         genotype = genotypes.Genotype.from_dict(record["genotype"])
         genotype.save(self.run_dir.join("genotype.json"))
         if record["best"]:
             genotype.save(self.run_dir.join("genotype_best.json"))
-        from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
-        visualize.draw_alpha_course(records, self.run_dir.join(visualize.ALPHA_COURSE))
+        if self.draw_pictures:
+            from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
+            visualize.draw_alpha_course(records, self.run_dir.join(visualize.ALPHA_COURSE),
+                                        figure=self._course_figure(records))
 
     def finish(self, records: Sequence[Mapping]) -> Dict:
         result = dict(records[-1]) if records else {}
@@ -298,7 +315,7 @@ class SearchProgram(runs.Program):
             best = min(epochs, key=lambda r: r["val_loss_sum"])
             result.update(best_epoch=best["epoch"], best_val_loss_sum=best["val_loss_sum"],
                           best_val_acc=best["val_acc"])
-        if self.draw_cells and epochs and self.run_dir.chief:
+        if self.draw_pictures and epochs and self.run_dir.chief:
             from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
             final = genotypes.Genotype.load(self.run_dir.join("genotype.json"))
             visualize.draw_genotype(final, self.run_dir.join("cells"))
@@ -318,9 +335,9 @@ class SearchProgram(runs.Program):
             f"{result['alpha_entropy_reduce']:.3f} nats (uniform: {np.log(8):.3f})",
             f"normal cell: {_ops(genotype.normal)}",
             f"reduce cell: {_ops(genotype.reduce)}",
-            f"files: {os.path.join(d, 'genotype_best.json')}, the alphas' course in "
-            f"{os.path.join(d, 'alpha_course.png')}"
-            + (f", the cells in {os.path.join(d, 'cells')}/" if self.draw_cells else ""),
+            f"files: {os.path.join(d, 'genotype_best.json')}"
+            + (f", the alphas' course in {os.path.join(d, 'alpha_course.png')}, the cells "
+               f"in {os.path.join(d, 'cells')}/" if self.draw_pictures else ""),
             f"next: python tools/train.py --genotype={os.path.join(d, 'genotype_best.json')}",
         ]
         return lines
