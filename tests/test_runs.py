@@ -89,6 +89,21 @@ def _metrics(model_dir):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
+def _tensorboard_scalars(model_dir):
+    """{(tag, step, value)} of the run's TensorBoard events: a point written again by a
+    resumed run (its epoch redone) must carry the uninterrupted run's value."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    directory = os.path.join(model_dir, "tensorboard")
+    points = set()
+    for name in os.listdir(directory):
+        for data in tf.data.TFRecordDataset(os.path.join(directory, name)):
+            event = tf.compat.v1.Event.FromString(data.numpy())
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    points.add((value.tag, event.step, float(tf.make_ndarray(value.tensor))))
+    return points
+
+
 def _assert_same_run(resumed, uninterrupted, outputs=("genotype.json",)):
     name_a, values_a = _checkpoint_values(resumed)
     name_b, values_b = _checkpoint_values(uninterrupted)
@@ -97,6 +112,7 @@ def _assert_same_run(resumed, uninterrupted, outputs=("genotype.json",)):
     differ = [k for k in values_a if not np.array_equal(values_a[k], values_b[k])]
     assert not differ, f"{len(differ)} of {len(values_a)} checkpoint values differ: {differ[:5]}"
     assert _metrics(resumed) == _metrics(uninterrupted)
+    assert _tensorboard_scalars(resumed) == _tensorboard_scalars(uninterrupted)
     for name in outputs:
         with open(os.path.join(resumed, name)) as a, open(os.path.join(uninterrupted, name)) as b:
             assert a.read() == b.read(), name
