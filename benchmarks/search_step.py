@@ -7,7 +7,11 @@
 
 startup_s is process start to the end of the first iteration (imports, building, tracing,
 graph optimisation); seconds_per_iter is the median over --iters timed iterations after
---warmup; peak_rss_mib is the process's peak resident memory.
+--warmup; peak_rss_mib is the process's peak resident memory (before the FLOP count).
+gflop_per_iter is one gradient pass's FLOPs times the passes per iteration
+(`benchmarks/step_flops.py`; null for --hessian=exact, which runs no such pass; passes_traced
+is the pass's call sites counted while the iteration is traced), achieved_gflops is
+gflop_per_iter / seconds_per_iter: read it against `benchmarks/matmul_peak.py`.
 """
 import time
 
@@ -23,6 +27,7 @@ from absl import flags
 
 import il_tf  # noqa: F401  (quiet TF import)
 import numpy as np
+import step_flops  # benchmarks/ (the script's folder is on sys.path)
 import tensorflow as tf
 
 from il_tf import runtime
@@ -74,7 +79,8 @@ def main(argv):
     def iteration(batches):
         return strategy.run(opt.replica_iteration, args=(batches,))
 
-    iteration(batches)["train_loss"].numpy()
+    with step_flops.PassCounter(opt.fn) as traced:
+        iteration(batches)["train_loss"].numpy()
     startup = time.time() - _START
     for _ in range(FLAGS.warmup):
         iteration(batches)["train_loss"].numpy()
@@ -84,6 +90,11 @@ def main(argv):
         iteration(batches)["train_loss"].numpy()
         times.append(time.time() - t)
     sec = statistics.median(times)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gflop = None
+    if not (FLAGS.order == 2 and FLAGS.hessian == "exact"):
+        per_pass = step_flops.pass_flops(opt.fn, FLAGS.batch, FLAGS.image_size)["total"]
+        gflop = per_pass * step_flops.passes_per_iteration(opt) / 1e9
     print(json.dumps({
         "channels": FLAGS.channels, "layers": FLAGS.layers, "batch": FLAGS.batch,
         "order": FLAGS.order, "hessian": FLAGS.hessian, "learners": FLAGS.learners,
@@ -92,8 +103,12 @@ def main(argv):
         "partial_channels": FLAGS.partial_channels,
         "seconds_per_iter": round(sec, 4), "seconds_per_iter_all": [round(t, 4) for t in times],
         "images_per_sec": round(2 * FLAGS.batch * FLAGS.learners / sec, 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(peak_rss / 1024, 1),
         "startup_s": round(startup, 2),
+        "passes_per_iter": None if gflop is None else step_flops.passes_per_iteration(opt),
+        "passes_traced": traced.calls,
+        "gflop_per_iter": None if gflop is None else round(gflop, 3),
+        "achieved_gflops": None if gflop is None else round(gflop / sec, 3),
     }))
 
 
