@@ -55,9 +55,9 @@ def _own_flops(op) -> int:
         return 2 * op.outputs[0].shape.num_elements() * per
     if t.startswith(("Conv2DBackprop", "DepthwiseConv2dNativeBackprop")):
         # As many as the forward: per element of its output (input 2, the incoming
-        # gradient), kh * kw * (cin for Conv2D, the channel multiplier for depthwise).
+        # gradient), kh * kw (* cin for Conv2D).
         f = op.outputs[0].shape if t.endswith("Filter") else op.inputs[1].shape
-        per = f[0] * f[1] * (f[2] if t.startswith("Conv2D") else f[3])
+        per = f[0] * f[1] * (f[2] if t.startswith("Conv2D") else 1)
         return 2 * op.inputs[2].shape.num_elements() * per
     if t in ("MatMul", "BatchMatMulV2", "BatchMatMulV3"):
         a = op.inputs[0].shape
