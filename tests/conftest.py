@@ -2,6 +2,17 @@
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def trace_cache(tmp_path_factory):
+    """The session's own persistent trace cache (il_tf/runtime/trace_cache.py), for this
+    process and the tools it starts: runs of the same configuration after the first load
+    the stored passes (the resume tests compare such runs with ones that traced)."""
+    import os  # pylint: disable=g-import-not-at-top
+    path = str(tmp_path_factory.mktemp("trace_cache"))
+    os.environ["IL_TF_TRACE_CACHE"] = path
+    return path
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A tfds data_dir with the shipped digits (sklearn_digits) built from scratch, offline,

@@ -12,6 +12,7 @@ The traced function is kept only as its definition in the runtime (`runtime.Runt
 its Python graph, about 140 MiB at C=8 and 5 cells, is let go after tracing.
 """
 import dataclasses
+import json
 from typing import List, Sequence
 
 import keras
@@ -89,6 +90,15 @@ class SupernetFunctions:
         self.feature_dim = supernet.feature_dim
         self._grad_fn = None
         self._eval_fn = None
+        # The passes depend on the supernet's configuration and the structure of its layers
+        # (and on il_tf's code and the versions, which the cache adds): the persistent trace
+        # cache's key, so that a later process with the same supernet skips tracing.
+        layers = list(runtime.flatten_layers(supernet))
+        self._cache_key = json.dumps([supernet.get_config(), runtime.layer_structure(layers),
+                                      self.weights_layout.shapes, self.stats_layout.shapes,
+                                      [tuple(v.shape) for v in self.arch_variables],
+                                      supernet.compute_dtype], default=str)
+        self._cache_sources = runtime.class_sources(type(l) for l in layers)
 
     def head_layout(self, num_classes: int) -> FlatLayout:
         return FlatLayout(((self.feature_dim, num_classes), (num_classes,)))
@@ -126,7 +136,8 @@ class SupernetFunctions:
         if self._grad_fn is None:
             # Heads (argument 1) traced at any size: one trace serves every learner.
             self._grad_fn = runtime.RuntimeFunction(
-                self._gradients, "supernet_gradients", relaxed=(1,), shared=True)
+                self._gradients, "supernet_gradients", relaxed=(1,), shared=True,
+                cache_key=self._cache_key, cache_sources=self._cache_sources)
         loss, correct, gw, gh, *rest = self._grad_fn(w, h, stats, list(alphas), images,
                                                      labels, loss_scale)
         new_stats = ops_lib.moving_average(stats, rest[-1], self.stats_momentum)
@@ -150,7 +161,8 @@ class SupernetFunctions:
         """(summed loss, correct count) in inference mode (BN moving statistics)."""
         if self._eval_fn is None:
             self._eval_fn = runtime.RuntimeFunction(
-                self._evaluate, "supernet_evaluate", relaxed=(1,))
+                self._evaluate, "supernet_evaluate", relaxed=(1,),
+                cache_key=self._cache_key, cache_sources=self._cache_sources)
         loss, correct = self._eval_fn(w, h, stats, list(alphas), images, labels)
         return loss, correct
 

@@ -8,6 +8,9 @@ What a caller gets:
   input signature (some arguments at any size), kept only as its simplified FunctionDef in
   the runtime, its Python graph let go; `shared=True` makes every call site run that one
   definition (outputs packed into one vector, no inlining, no specialisation).
+- A persistent trace cache (`RuntimeFunction(cache_key=...)`, trace_cache.py): a later
+  process with the same key (configuration, code, versions) registers the stored
+  definition instead of tracing; `IL_TF_TRACE_CACHE` moves it or turns it off.
 - Recompute in the backward pass (`call_recomputed`, `recompute_in_backward`,
   `recompute_disabled`; recompute.py): a layer's activations recomputed when its gradient
   is needed, not kept from the forward pass.
@@ -72,4 +75,6 @@ from il_tf.runtime.recompute import recompute_in_backward
 from il_tf.runtime.tracing import moving_statistics_deferred
 from il_tf.runtime.tracing import moving_statistics_frozen
 from il_tf.runtime.tracing import moving_statistics_mode
+from il_tf.runtime.trace_cache import class_sources
+from il_tf.runtime.trace_cache import layer_structure
 from il_tf.runtime.tracing import shared_constant

@@ -33,12 +33,13 @@ import collections
 import functools
 import gc
 import itertools
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from il_tf.runtime import internals
 from il_tf.runtime import malloc
+from il_tf.runtime import trace_cache
 
 _NAMES = itertools.count()
 
@@ -207,6 +208,11 @@ class RuntimeFunction:
       name: prefix of the registered function's name.
       relaxed: indices of arguments traced with every dimension unknown, so that one trace
         serves them at any size (e.g. heads of any number of classes).
+      cache_key: what the traced definition depends on besides il_tf's code (e.g. the
+        model's configuration and structure): given, the definition is kept in the
+        persistent trace cache (trace_cache.py) and later processes load it instead of
+        tracing. None: always traced.
+      cache_sources: source files the trace depends on outside il_tf (a user's layers).
       shared: every call site runs this one definition, unchanged. Grappler copies a called
         function for each call site that leaves some of its outputs unused (for the search:
         the virtual step needs only dw, dh; the finite differences only dA) or passes it a
@@ -223,11 +229,15 @@ class RuntimeFunction:
     """
 
     def __init__(self, python_function: Callable, name: str, relaxed: Sequence[int] = (),
-                 shared: bool = False):
+                 shared: bool = False, cache_key: Optional[str] = None,
+                 cache_sources: Sequence[str] = ()):
         self._python_function = python_function
         self._name = name
         self._relaxed = frozenset(relaxed)
         self._shared = shared
+        self._cache_key = cache_key
+        self._cache_sources = tuple(cache_sources)
+        self.traces = 0  # signatures traced in this process (not loaded from the cache)
         # signature -> (registered name, stateful, call outputs, unpacked outputs or None)
         self._traced: Dict[Tuple, Tuple[str, bool, list, list]] = {}
 
@@ -264,6 +274,17 @@ class RuntimeFunction:
         return tf.TensorSpec(shape, x.dtype)
 
     def _trace(self, specs):
+        entry = None
+        if self._cache_key is not None:
+            entry = trace_cache.key(self._cache_key, self._name, repr(tf.nest.flatten(specs)),
+                                    self._shared, self._cache_sources)
+            cached = trace_cache.load(entry)
+            if cached is not None:
+                definition, meta = cached
+                return self._register(definition, meta["stateful"], _specs(meta["outputs"]),
+                                      None if meta["unpacked"] is None
+                                      else _specs(meta["unpacked"]))
+        self.traces += 1
         registered_before = internals.custom_gradient_names()
         unpacked = [] if self._shared else None
         python_function = self._python_function
@@ -287,19 +308,26 @@ class RuntimeFunction:
                              f"got {unpacked}.")
         definition = internals.FunctionDef()
         definition.CopyFrom(concrete.function_def)
-        name = f"il_tf_{self._name}_{next(_NAMES)}"
-        definition.signature.name = name
         simplify_function_def(definition)
         if self._shared:
             for key in ("_noinline", "_nospecialize"):
                 definition.attr[key].CopyFrom(internals.AttrValue(b=True))
-        internals.register_function(definition)
         stateful = any(op.op_def.is_stateful for op in concrete.graph.get_operations())
         outputs = [tf.TensorSpec(o.shape, o.dtype) for o in concrete.outputs]
         # The trace's custom gradients were used while tracing (the definition holds the
         # gradient ops); their registry entries would keep the graph alive.
         internals.forget_custom_gradients(
             internals.custom_gradient_names() - registered_before)
+        if entry is not None:
+            trace_cache.store(entry, definition, {
+                "stateful": stateful, "outputs": _spec_list(outputs),
+                "unpacked": None if unpacked is None else _spec_list(unpacked)})
+        return self._register(definition, stateful, outputs, unpacked)
+
+    def _register(self, definition, stateful, outputs, unpacked):
+        name = f"il_tf_{self._name}_{next(_NAMES)}"
+        definition.signature.name = name
+        internals.register_function(definition)
         return name, stateful, outputs, unpacked
 
     def __del__(self):
@@ -309,6 +337,16 @@ class RuntimeFunction:
                     internals.remove_function(name)
         except (AttributeError, TypeError):  # interpreter shutdown: modules already gone
             pass
+
+
+def _spec_list(specs) -> list:
+    """TensorSpecs as JSON: [[shape (None for unknown), dtype name], ...]."""
+    return [[s.shape.as_list() if s.shape.rank is not None else None, s.dtype.name]
+            for s in specs]
+
+
+def _specs(stored) -> list:
+    return [tf.TensorSpec(shape, tf.as_dtype(dtype)) for shape, dtype in stored]
 
 
 def _packable_spec(output, function_name) -> tf.TensorSpec:

@@ -59,6 +59,11 @@ def recompute_in_backward(forward, *args):
 _RECOMPUTE = [True]
 
 
+def recompute_enabled() -> bool:
+    """False inside `recompute_disabled` (a trace-time switch: part of a trace cache key)."""
+    return _RECOMPUTE[-1]
+
+
 @contextlib.contextmanager
 def recompute_disabled():
     """Within this context (at trace time) the supernet keeps every activation, whatever its
