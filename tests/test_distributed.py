@@ -47,32 +47,48 @@ def test_two_workers_match_one_process(tmp_path):
 
 
 def _worker_env(ports, index):
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    # As a user's shell: no TF_CONFIG of ours, no log level set by this process's il_tf.
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "TF_CPP_MIN_LOG_LEVEL")}
     env["TF_CONFIG"] = json.dumps({
         "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
         "task": {"type": "worker", "index": index}})
     return env
 
 
-@pytest.mark.slow
-def test_two_workers_run_the_search_tool_into_one_run_dir_written_once(data_dir, tmp_path):
-    """The README's multi-machine command, on 127.0.0.1: each worker runs tools/search.py
-    with its own TF_CONFIG and the same --model_dir; the chief alone writes it."""
-    model_dir = str(tmp_path / "run")
+def _search_tool(model_dir, data_dir):
+    """The README's multi-machine command (without TF_CONFIG), tiny: 2 epochs of 2 iterations,
+    a line per iteration, a lost worker noticed within 3 minutes (a busy machine can keep a worker from a collective for a minute)."""
     bindings = [f"il_tf.data.tfds_config.data_dir = '{data_dir}'", "il_tf.search.epochs = 2",
                 "il_tf.search.max_steps_per_epoch = 2", "il_tf.search.channels = 2",
                 "il_tf.search.layers = 2", "il_tf.search.batch_size = 8",
                 "il_tf.search.eval_batch_size = 512", "il_tf.search.verbose = 0",
-                "il_tf.search.draw_pictures = True"]
-    cmd = [sys.executable, os.path.join(os.path.dirname(SCRIPT), "..", "tools", "search.py"),
-           f"--model_dir={model_dir}"] + [f"--gin_bindings={b}" for b in bindings]
-    ports = [_free_port(), _free_port()]
-    workers = [subprocess.Popen(cmd, env=_worker_env(ports, i), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+                "il_tf.search.log_every_steps = 1", "il_tf.search.draw_pictures = True",
+                "il_tf.get_strategy.collective_timeout = 180"]
+    return [sys.executable, os.path.join(os.path.dirname(SCRIPT), "..", "tools", "search.py"),
+            f"--model_dir={model_dir}"] + [f"--gin_bindings={b}" for b in bindings]
+
+
+def _start_workers(cmd, ports):
+    return [subprocess.Popen(cmd, env=_worker_env(ports, i), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(data_dir, tmp_path_factory):
+    """An uninterrupted two-worker search: (its run directory, each worker's stdout)."""
+    model_dir = str(tmp_path_factory.mktemp("two_workers") / "run")
+    workers = _start_workers(_search_tool(model_dir, data_dir), [_free_port(), _free_port()])
     outputs = [w.communicate(timeout=900) for w in workers]
     for w, (out, err) in zip(workers, outputs):
         assert w.returncode == 0, err[-3000:]
-    chief_out, worker_out = outputs[0][0], outputs[1][0]
+    return model_dir, [out for out, _ in outputs]
+
+
+@pytest.mark.slow
+def test_two_workers_run_the_search_tool_into_one_run_dir_written_once(two_worker_run):
+    """The README's multi-machine command, on 127.0.0.1: each worker runs tools/search.py
+    with its own TF_CONFIG and the same --model_dir; the chief alone writes it."""
+    model_dir, (chief_out, worker_out) = two_worker_run
     assert "search done" in chief_out and worker_out.strip() == ""  # One display, the chief's.
     with open(os.path.join(model_dir, "metrics.jsonl")) as f:
         assert [json.loads(line)["epoch"] for line in f] == [0, 1, 2]  # Each epoch once.
@@ -81,3 +97,43 @@ def test_two_workers_run_the_search_tool_into_one_run_dir_written_once(data_dir,
                      "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
     for name in ("genotype.json", "genotype_best.json", "config.gin", "alpha_course.png"):
         assert os.path.getsize(os.path.join(model_dir, name)) > 0
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_other_in_one_line_and_the_same_commands_resume(
+        data_dir, tmp_path, two_worker_run):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    reference, _ = two_worker_run
+    model_dir = str(tmp_path / "run")
+    cmd = _search_tool(model_dir, data_dir)
+    chief, worker = _start_workers(cmd, [_free_port(), _free_port()])
+    seen = []
+    for line in chief.stdout:  # Epoch 1 saved (ckpt-2), then an iteration of epoch 2.
+        seen.append(line)
+        if any(l.startswith("epoch 2/2") for l in seen) and line.strip().startswith("step 1/"):
+            worker.kill()
+            break
+    worker.wait(timeout=60)
+    _, err = chief.communicate(timeout=600)
+    assert chief.returncode == 1, err[-3000:]
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("error: another worker stopped or cannot be reached"), lines
+    assert "start every worker again with its same command to resume from ckpt-2" in lines[0]
+    # The same commands, again: the run ends where the uninterrupted one did.
+    workers = _start_workers(cmd, [_free_port(), _free_port()])
+    for w in workers:
+        _, err = w.communicate(timeout=900)
+        assert w.returncode == 0, err[-3000:]
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        assert [json.loads(line)["epoch"] for line in f] == [0, 1, 2]
+    readers = [tf.train.load_checkpoint(os.path.join(d, "checkpoints", "ckpt-4"))
+               for d in (model_dir, reference)]
+    keys = sorted(k for k in readers[0].get_variable_to_shape_map()
+                  if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert keys == sorted(k for k in readers[1].get_variable_to_shape_map()
+                          if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    # Two workers' all-reduce may sum in either order (see above): equal to float rounding.
+    for key in keys:
+        np.testing.assert_allclose(readers[0].get_tensor(key), readers[1].get_tensor(key),
+                                   rtol=1e-4, atol=1e-6, err_msg=key)

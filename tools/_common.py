@@ -27,6 +27,11 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
+# A tool reports every error in one line (`run`), so TensorFlow's own C++ log lines (gRPC
+# and collective errors of a lost worker, tf.data warnings) would only bury it; they are
+# shown with IL_TF_VERBOSE=1, as the traceback is. (Read when TensorFlow loads.)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if os.environ.get("IL_TF_VERBOSE") else "3")
+
 import il_tf  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position  # quiet TF
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
