@@ -415,7 +415,12 @@ def test_gradient_flow_and_hand_over(make_opt):
                                 "1.has_anchor", "stages_done"}
     assert s3["1.has_anchor"] == 1.0
     np.testing.assert_array_equal(s3["1.anchor"], s2["0.encoder"])
-    np.testing.assert_allclose(s3["1.encoder_momentum"], clip * gw, rtol=1e-4, atol=1e-7)
+    # The step's traced pass and the Keras tape here sum in other orders: a component that is
+    # a cancellation of larger terms keeps float32 rounding of the gradient's scale (seen: 2
+    # of 24,894 components 1.2e-6 off, 1e-5 of the largest), not of its own size.
+    scale = float(np.abs(clip * gw).max())
+    np.testing.assert_allclose(s3["1.encoder_momentum"], clip * gw, rtol=1e-4,
+                               atol=max(1e-7, 2e-5 * scale))
     np.testing.assert_allclose(s3["1.head_momentum"], clip * gh, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(s3["encoder"], w - lr * clip * gw, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(s3["1.head"], h - lr * clip * gh, rtol=1e-5, atol=1e-7)
