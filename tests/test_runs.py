@@ -99,7 +99,8 @@ def _tensorboard_scalars(model_dir):
         for data in tf.data.TFRecordDataset(os.path.join(directory, name)):
             event = tf.compat.v1.Event.FromString(data.numpy())
             for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == "scalars":
+                if (value.metadata.plugin_data.plugin_name == "scalars"
+                        and value.tag.rsplit("/", 1)[-1] not in TIMING):
                     points.add((value.tag, event.step, float(tf.make_ndarray(value.tensor))))
     return points
 
