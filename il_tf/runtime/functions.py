@@ -253,11 +253,13 @@ class RuntimeFunction:
                  for i, a in enumerate(args)]
         key = tuple(tf.nest.flatten(specs))
         if key not in self._traced:
+            traces = self.traces
             self._traced[key] = self._trace(specs)
-            # The trace's graph is a web of reference cycles; collected, its memory is
-            # free inside the heap, where the step's tensors cannot reuse it.
-            gc.collect()
-            malloc.release_free_memory()
+            if self.traces != traces:  # (a definition from the trace cache left no graph)
+                # The trace's graph is a web of reference cycles; collected, its memory is
+                # free inside the heap, where the step's tensors cannot reuse it.
+                gc.collect()
+                malloc.release_free_memory()
         name, stateful, outputs, unpacked = self._traced[key]
         call = tf.raw_ops.StatefulPartitionedCall if stateful else tf.raw_ops.PartitionedCall
         results = call(args=tf.nest.flatten(args), Tout=[o.dtype for o in outputs], f=name,
