@@ -46,9 +46,13 @@ def test_two_workers_match_one_process(tmp_path):
         assert np.abs(one[key] - one[init]).max() > 4e-3  # about two Adam steps of 3e-3
 
 
-def _worker_env(ports, index):
+def _user_env():
     # As a user's shell: no TF_CONFIG of ours, no log level set by this process's il_tf.
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "TF_CPP_MIN_LOG_LEVEL")}
+    return {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "TF_CPP_MIN_LOG_LEVEL")}
+
+
+def _worker_env(ports, index):
+    env = _user_env()
     env["TF_CONFIG"] = json.dumps({
         "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
         "task": {"type": "worker", "index": index}})
@@ -102,7 +106,6 @@ def test_two_workers_run_the_search_tool_into_one_run_dir_written_once(two_worke
 @pytest.mark.slow
 def test_a_killed_worker_stops_the_other_in_one_line_and_the_same_commands_resume(
         data_dir, tmp_path, two_worker_run):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     reference, _ = two_worker_run
     model_dir = str(tmp_path / "run")
     cmd = _search_tool(model_dir, data_dir)
@@ -125,6 +128,11 @@ def test_a_killed_worker_stops_the_other_in_one_line_and_the_same_commands_resum
     for w in workers:
         _, err = w.communicate(timeout=900)
         assert w.returncode == 0, err[-3000:]
+    _assert_same_final_state(model_dir, reference)
+
+
+def _assert_same_final_state(model_dir, reference):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     with open(os.path.join(model_dir, "metrics.jsonl")) as f:
         assert [json.loads(line)["epoch"] for line in f] == [0, 1, 2]
     readers = [tf.train.load_checkpoint(os.path.join(d, "checkpoints", "ckpt-4"))
@@ -133,7 +141,37 @@ def test_a_killed_worker_stops_the_other_in_one_line_and_the_same_commands_resum
                   if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
     assert keys == sorted(k for k in readers[1].get_variable_to_shape_map()
                           if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert any("alpha" in k for k in keys), keys
     # Two workers' all-reduce may sum in either order (see above): equal to float rounding.
     for key in keys:
         np.testing.assert_allclose(readers[0].get_tensor(key), readers[1].get_tensor(key),
                                    rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.slow
+def test_one_process_on_two_logical_cpus_equals_two_workers_and_resumes(
+        data_dir, tmp_path, two_worker_run):
+    """The same search as the two workers, as one process mirroring over two logical CPUs
+    (two replicas, the same global batches split the same way): killed in epoch 2 and
+    resumed with the same command, it ends where the uninterrupted two-worker run did, at
+    second order with the joint Hessian."""
+    reference, _ = two_worker_run
+    model_dir = str(tmp_path / "run")
+    cmd = _search_tool(model_dir, data_dir) + [
+        "--gin_bindings=il_tf.get_strategy.kind = 'mirrored'",
+        "--gin_bindings=il_tf.get_strategy.logical_cpus = 2"]
+    env = _user_env()
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    seen = []
+    for line in run.stdout:  # Epoch 1 saved (ckpt-2), then an iteration of epoch 2.
+        seen.append(line)
+        if any(l.startswith("epoch 2/2") for l in seen) and line.strip().startswith("step 1/"):
+            run.kill()
+            break
+    run.wait(timeout=60)
+    assert not os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-4.index")), seen
+    finished = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "search done" in finished.stdout, finished.stdout[-3000:]
+    _assert_same_final_state(model_dir, reference)

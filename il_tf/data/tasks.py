@@ -214,41 +214,57 @@ class Task:
             partial batch kept.
           seed: seeds the file order, the shuffle and every augmentation; equal seeds give
             equal streams.
-          input_context: from `distribute_datasets_from_function`; shards the examples by
-            input pipeline.
+          input_context: from `distribute_datasets_from_function`: `batch_size` is per
+            replica; a training stream is split by replica (below), an evaluation pass is
+            sharded by example over the input pipelines.
           cutout: DARTS cutout length in pixels (training only; 16 for CIFAR retraining).
-          skip_batches: training only: start after this many batches of the stream, which
-            are left unaugmented (a resumed run continues its stream exactly).
+          skip_batches: training only: start after this many global batches (steps) of the
+            stream, which are left unaugmented (a resumed run continues its stream exactly).
+
+        A training stream is one sequence of augmented examples, a function of `seed` alone,
+        whatever the layout: every input pipeline reads and shuffles the whole split alike and
+        keeps (and augments) only its replicas' slices of each global batch, in replica order.
+        So the replicas of a step together see exactly the global batch that one replica
+        would see, and a run on N GPUs, N workers or one device differs only in how the
+        gradients are summed (BatchNorm's statistics are per replica, as in DARTS).
         """
         pre = self.preprocessing
         split = self._split(role)
-        pipelines = input_context.num_input_pipelines if input_context else 1
-        pipeline_id = input_context.input_pipeline_id if input_context else 0
-        dataset = self._examples(
-            split, pre, shuffle_files=training, seed=seed, input_context=input_context
-        )
-        if self.cache:
-            dataset = dataset.cache()
         if not training:
+            dataset = self._examples(
+                split, pre, shuffle_files=False, seed=seed, input_context=input_context)
+            if self.cache:
+                dataset = dataset.cache()
             dataset = dataset.map(lambda x, y: (pre.evaluate(x), y), num_parallel_calls=AUTOTUNE)
             return dataset.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
 
-        buffer = max(1, min(self.shuffle_buffer, -(-self.num_examples(role) // pipelines)))
+        dataset = self._examples(split, pre, shuffle_files=True, seed=seed)
+        if self.cache:
+            dataset = dataset.cache()
+        buffer = max(1, min(self.shuffle_buffer, self.num_examples(role)))
         dataset = dataset.shuffle(
-            buffer, seed=seed * 1_000_003 + pipeline_id, reshuffle_each_iteration=True
-        ).repeat()
+            buffer, seed=seed * 1_000_003, reshuffle_each_iteration=True).repeat()
 
         def augment(index, example):
             image, label = example
-            # A distinct stateless seed per example and per input pipeline.
-            key = tf.stack([tf.constant(seed, tf.int64), index * pipelines + pipeline_id])
+            # A distinct stateless seed per example of the stream.
+            key = tf.stack([tf.constant(seed, tf.int64), index])
             keys = tf.random.experimental.stateless_split(key, 2)
             image = pre.train(image, keys[0])
             if cutout:
                 image = prep.cutout(image, cutout, keys[1])
             return image, label
 
-        dataset = dataset.enumerate().skip(skip_batches * batch_size)
+        replicas = input_context.num_replicas_in_sync if input_context else 1
+        dataset = dataset.enumerate().skip(skip_batches * batch_size * replicas)
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            # Replica r of a step takes the step's r-th slice of `batch_size` examples; the
+            # pipelines serve consecutive replicas (as MultiWorkerMirroredStrategy numbers
+            # them), so this pipeline keeps the slices of its own replicas.
+            per_pipeline = replicas // input_context.num_input_pipelines
+            pipeline = tf.constant(input_context.input_pipeline_id, tf.int64)
+            dataset = dataset.filter(
+                lambda index, _: (index // batch_size) % replicas // per_pipeline == pipeline)
         dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE)
         return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
@@ -266,8 +282,9 @@ def distribute_dataset(
 ) -> tf.distribute.DistributedDataset:
     """A task's stream split over a strategy's replicas, one input pipeline per worker.
 
-    Each pipeline reads a disjoint shard of the examples and batches
-    `global_batch_size / num_replicas_in_sync` per replica (`InputContext`).
+    Each replica gets `global_batch_size / num_replicas_in_sync` examples a step: for training
+    its slice of the global batch that one device would read (`Task.dataset`), for evaluation
+    a disjoint shard of the examples per pipeline.
     """
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
