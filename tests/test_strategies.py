@@ -249,10 +249,10 @@ def test_chained_hypergradient_matches_finite_differences(make_opt):
 
 # ------------------------------------------------------------------------ tools/compare.py
 
-def _fake_run(path, losses, accs, genotype_ops, seconds=2.0):
+def _fake_run(path, losses, accs, genotype_ops, seconds=2.0, inputs=(0, 1, 0, 1)):
     os.makedirs(path)
     genotype = {"format_version": 1,
-                "normal": [[op, j % 2] for j, op in enumerate(genotype_ops)],
+                "normal": [[op, j] for op, j in zip(genotype_ops, inputs)],
                 "normal_concat": [2, 3], "reduce": [["max_pool_3x3", 0], ["skip_connect", 1]] * 2,
                 "reduce_concat": [2, 3]}
     with open(os.path.join(path, "metrics.jsonl"), "w") as f:
@@ -277,13 +277,19 @@ def test_compare_writes_table_and_plot(tmp_path):
     ops = ["sep_conv_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_5x5"]
     _fake_run(a, [[1.5, 1.6], [1.0, 1.2]], [[0.5, 0.4], [0.7, 0.6]], ops)
     _fake_run(b, [[1.7, 1.8]], [[0.4, 0.3]], ["max_pool_3x3"] + ops[1:], seconds=3.0)
+    # Node 2's two inputs in the other order (by weight), node 3 taking node 2's output: the
+    # same edges but one.
+    c = str(tmp_path / "swapped")
+    _fake_run(c, [[1.7, 1.8]], [[0.4, 0.3]], [ops[1], ops[0], ops[2], ops[3]], inputs=(1, 0, 0, 2))
     out = str(tmp_path / "cmp")
-    result = _compare([f"--model_dir={a}", f"--model_dir={b}", f"--out={out}"])
+    result = _compare([f"--model_dir={a}", f"--model_dir={b}", f"--model_dir={c}",
+                       f"--out={out}"])
     assert result.returncode == 0, result.stderr
     table = open(os.path.join(out, "compare.md")).read()
     assert table.strip() in result.stdout
     assert "| interleaved | 2 | 2.2000 | 0.700, 0.600 | 4.0 | - |" in table
     assert "| blocked | 1 | 3.5000 | 0.400, 0.300 | 3.0 | 1 |" in table  # 1 edge differs
+    assert "| swapped | 1 | 3.5000 | 0.400, 0.300 | 2.0 | 1 |" in table
     assert "sep_conv_3x3" in table and "max_pool_3x3" in table
     with open(os.path.join(out, "val_curves.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

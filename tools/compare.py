@@ -6,8 +6,9 @@
 Reads each run's metrics.jsonl and genotype.json; writes --out/compare.md (printed too) and
 --out/val_curves.png. Columns: epochs run, the last epoch's summed validation loss, each
 learner's validation accuracy, search time (the epochs' `seconds` summed), the genotype's
-edges that differ from the first run's (an edge = (cell, node input slot): op and input), and
-the genotype's op histogram (normal + reduce cells).
+edges that differ from the first run's (an edge = cell, node, input node and op; a node's two
+inputs are unordered, their order in genotype.json is by weight), and the genotype's op
+histogram (normal + reduce cells).
 """
 import collections
 import os
@@ -48,8 +49,11 @@ def read_run(model_dir):
 
 
 def edges(genotype):
-    return ([("normal", i, op, j) for i, (op, j) in enumerate(genotype.normal)]
-            + [("reduce", i, op, j) for i, (op, j) in enumerate(genotype.reduce)])
+    """The genotype's edges, {(cell, node, input node, op): count}."""
+    return collections.Counter(
+        (cell, position // 2 + 2, j, op)
+        for cell in ("normal", "reduce")
+        for position, (op, j) in enumerate(getattr(genotype, cell)))
 
 
 def table(runs):
@@ -65,9 +69,11 @@ def table(runs):
         summed = last.get("val_loss_sum", sum(last["val_loss"]))
         seconds = sum(r.get("seconds", 0.0) for r in records)
         mine = edges(genotype)
-        differ = "-" if index == 0 else str(sum(a != b for a, b in zip(mine, reference))
-                                              + abs(len(mine) - len(reference)))
-        counts = collections.Counter(op for _, _, op, _ in mine)
+        differ = "-" if index == 0 else str(max(sum((reference - mine).values()),
+                                                sum((mine - reference).values())))
+        counts = collections.Counter()
+        for (_, _, _, op), n in mine.items():
+            counts[op] += n
         histogram = ", ".join(f"{op} {n}" for op, n in sorted(counts.items(),
                                                              key=lambda kv: (-kv[1], kv[0])))
         accs = ", ".join(f"{a:.3f}" for a in last["val_acc"])
