@@ -43,10 +43,13 @@ def tiny_supernet(channels: int, layers: int, size: int):
     return model
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`, pytest.ini), the tests of a module that share a
     module-scoped fixture (a traced step, a finished run) go to one worker, so that the fixture
-    is built once; every other test goes to whichever worker is free."""
+    is built once; every other test goes to whichever worker is free. First of the hooks:
+    xdist reads the marks in its own `pytest_collection_modifyitems` (run after this one, the
+    groups were ignored and both workers built each fixture)."""
     del config
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
