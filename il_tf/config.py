@@ -74,11 +74,17 @@ def _one_line(error: Exception) -> str:
     return " ".join(lines[:2]) if lines else type(error).__name__
 
 
-def parse(gin_files: Optional[Sequence[str]] = (), gin_bindings: Optional[Sequence[str]] = (),
-          imports: Sequence[str] = ()) -> None:
+# Every module that declares gin configurables. A run's config.gin holds the operative values
+# of everything its process used (a notebook's search() and then train() write both), so each
+# tool parses any il_tf config.gin only when all of them are known.
+CONFIGURABLE_MODULES = ("il_tf.learning.search", "il_tf.training")
+
+
+def parse(gin_files: Optional[Sequence[str]] = (),
+          gin_bindings: Optional[Sequence[str]] = ()) -> None:
     """Parses gin files and bindings strictly: an unknown configurable or parameter raises a
     `ConfigError` naming it, before any work starts."""
-    for module in imports:
+    for module in CONFIGURABLE_MODULES:
         __import__(module)
     # `include 'cifar10.gin'` resolves from any working directory.
     for directory in GIN_CONFIG_DIRS:

@@ -128,7 +128,7 @@ print("il_tf imported:", "il_tf" in sys.modules)
 
 def _keras_model(run_dir):
     """The run's network restored as tools/evaluate.py does (independently of il_tf.export)."""
-    config.parse([os.path.join(run_dir, "config.gin")], [], imports=["il_tf.training"])
+    config.parse([os.path.join(run_dir, "config.gin")], [])
     task = il_tf.get_task()
     model = training.network(os.path.join(run_dir, "genotype.json"), task.num_classes)
     checkpoints.read(checkpoints.model_checkpoint(model), checkpoints.resolve(run_dir),

@@ -187,7 +187,7 @@ def _digits_pc_darts_bindings(data_dir):
 
 
 def test_pc_darts_gin_values():
-    config.parse(["darts.gin", "pc_darts.gin"], imports=["il_tf.learning.search"])
+    config.parse(["darts.gin", "pc_darts.gin"])
     q = gin.query_parameter
     opt = "il_tf.learning.InterleavingOptimizer."
     assert [q(f"il_tf.search.{p}") for p in ("partial_channels", "batch_size", "epochs",
@@ -205,8 +205,7 @@ def test_pc_darts_gin_composes_with_search_digits(data_dir, tmp_path):
     """search_digits.gin + pc_darts.gin, shrunk: a first-order partial-channel search whose
     alphas stay put through the 1-epoch warm-up and move after it."""
     from il_tf.learning import search as search_lib  # pylint: disable=g-import-not-at-top
-    config.parse(["search_digits.gin", "pc_darts.gin"], _digits_pc_darts_bindings(data_dir),
-                 imports=["il_tf.learning.search"])
+    config.parse(["search_digits.gin", "pc_darts.gin"], _digits_pc_darts_bindings(data_dir))
     assert gin.query_parameter("il_tf.search.partial_channels") == 4
     assert gin.query_parameter("il_tf.search.channels") == 4  # search_digits.gin's, k | C
     record = search_lib.search(str(tmp_path / "run"))
@@ -340,8 +339,7 @@ def test_three_learner_search_runs_end_to_end(data_dir, tmp_path):
         "il_tf.learning.InterleavingOptimizer.steps_per_stage = 2",
         "il_tf.search.epochs = 1", "il_tf.search.max_steps_per_epoch = 2",
         "il_tf.search.channels = 2", "il_tf.search.layers = 2", "il_tf.search.batch_size = 8",
-        "il_tf.search.verbose = 0", "il_tf.search.draw_pictures = False"],
-        imports=["il_tf.learning.search"])
+        "il_tf.search.verbose = 0", "il_tf.search.draw_pictures = False"])
     record = search_lib.search(str(tmp_path / "run"))
     assert record["learners"] == ["digits_low", "digits_high", "digits"]
     assert len(record["val_loss"]) == 3 and np.isfinite(record["val_loss_sum"])
@@ -358,7 +356,7 @@ def _retrain(data_dir, model_dir, *bindings):
         "il_tf.training.network.channels = 8", "il_tf.training.network.layers = 3",
         "il_tf.training.train.epochs = 1", "il_tf.training.train.batch_size = 32",
         "il_tf.training.train.steps_per_epoch = 2", "il_tf.training.train.steps_per_loop = 2",
-        "il_tf.training.train.interactive = False", *bindings], imports=["il_tf.training"])
+        "il_tf.training.train.interactive = False", *bindings])
     return training.train(model_dir)
 
 

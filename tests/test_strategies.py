@@ -321,8 +321,7 @@ def test_shipped_offline_ablation_runs(tmp_path, name):
              "il_tf.search.channels = 2", "il_tf.search.layers = 2",
              "il_tf.search.batch_size = 8",
              "il_tf.search.verbose = 0", "il_tf.search.draw_pictures = False",
-             f"il_tf.data.tfds_config.data_dir = '{tmp_path / 'tfds'}'"],
-            imports=["il_tf.learning.search"])
+             f"il_tf.data.tfds_config.data_dir = '{tmp_path / 'tfds'}'"])
         assert gin.query_parameter(
             "il_tf.learning.InterleavingOptimizer.learning_strategy") == name
         record = search_lib.search(str(tmp_path / "run"))

@@ -147,7 +147,7 @@ def test_shipped_train_configs_parse():
                 "train_digits.gin": ("digits", 16, 5, 30, 64, 0.05, 3e-4)}
     for name, values in expected.items():
         gin.clear_config()
-        config.parse([name], imports=["il_tf.training"])
+        config.parse([name])
         got = tuple(gin.query_parameter(p) for p in (
             "il_tf.data.task.name", "il_tf.training.network.channels",
             "il_tf.training.network.layers", "il_tf.training.train.epochs",

@@ -7,7 +7,7 @@ A tool is a thin absl program (dopamine/trax style):
     _common.define_flags(default_gin_file="train_digits.gin")
 
     def main(argv):
-        _common.parse_gin(imports=["il_tf.training"])
+        _common.parse_gin()
         il_tf.training.train(FLAGS.model_dir)
 
     if __name__ == "__main__":
@@ -74,14 +74,13 @@ def gin_files() -> Sequence[str]:
     return [_DEFAULT_GIN_FILE] if _DEFAULT_GIN_FILE else []
 
 
-def parse_gin(extra_files: Sequence[str] = (), extra_bindings: Sequence[str] = (),
-              imports: Sequence[str] = ()) -> None:
+def parse_gin(extra_files: Sequence[str] = (), extra_bindings: Sequence[str] = ()) -> None:
     """Parses `extra_files`, then the --gin_file files, then the bindings, strictly.
 
     Raises `config.ConfigError` (printed as one line by `run`) on an unknown name.
     """
     config.parse(list(extra_files) + list(gin_files()),
-                 list(extra_bindings) + list(FLAGS.gin_bindings), imports=imports)
+                 list(extra_bindings) + list(FLAGS.gin_bindings))
     # The strategy before anything else runs a TensorFlow op: a multi-worker one can only
     # configure collective ops then (see il_tf.distribute).
     from il_tf import distribute  # pylint: disable=g-import-not-at-top

@@ -33,7 +33,7 @@ flags.DEFINE_bool("json", False, "Print the result as one JSON object.")
 
 
 def _size_only():
-    _common.parse_gin(imports=["il_tf.training"])
+    _common.parse_gin()
     num_classes, image_shape = _FAMILY_DEFAULTS[_family()]
     model = training.network(FLAGS.genotype, num_classes)
     return {"genotype": FLAGS.genotype, "params": network_lib.count_parameters(model),
@@ -67,7 +67,7 @@ def main(argv):
         if not os.path.exists(config_file):
             _common.fail(f"{FLAGS.model_dir} has no config.gin; is it a tools/train.py run "
                          f"directory (written after its first step)?")
-        _common.parse_gin(extra_files=[config_file], imports=["il_tf.training"])
+        _common.parse_gin(extra_files=[config_file])
         result = training.evaluate(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.batch_size)
     if FLAGS.json:
         print(json.dumps(result))

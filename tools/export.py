@@ -41,7 +41,7 @@ def main(argv):
     if not os.path.exists(config_file):
         _common.fail(f"{FLAGS.model_dir} has no config.gin; is it a tools/train.py run "
                      f"directory (written after its first step)?")
-    _common.parse_gin(extra_files=[config_file], imports=["il_tf.training"])
+    _common.parse_gin(extra_files=[config_file])
     path = export.export(FLAGS.model_dir, FLAGS.export_dir, version=FLAGS.version,
                          checkpoint=FLAGS.checkpoint, model_name=FLAGS.model_name,
                          top_k=FLAGS.top_k)

@@ -24,7 +24,7 @@ _common.define_flags(default_gin_file="search_digits.gin")
 
 def main(argv):
     del argv
-    _common.parse_gin(imports=["il_tf.learning.search"])
+    _common.parse_gin()
     config = os.path.splitext(os.path.basename(_common.gin_files()[-1]))[0]
     model_dir = FLAGS.model_dir or os.path.join("runs", f"search-{config}")
     search.search(model_dir)  # Prints progress and, at the end, what it found.

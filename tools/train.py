@@ -37,7 +37,7 @@ def main(argv):
     del argv
     # The genotype as a binding, so config.gin records it.
     bindings = [f"il_tf.training.train.genotype = {FLAGS.genotype!r}"] if FLAGS.genotype else []
-    _common.parse_gin(extra_bindings=bindings, imports=["il_tf.training"])
+    _common.parse_gin(extra_bindings=bindings)
     model_dir = FLAGS.model_dir or _default_model_dir()
     training.train(model_dir)  # Prints progress and, at the end, the test error.
 
