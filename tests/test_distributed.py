@@ -110,13 +110,7 @@ def test_a_killed_worker_stops_the_other_in_one_line_and_the_same_commands_resum
     model_dir = str(tmp_path / "run")
     cmd = _search_tool(model_dir, data_dir)
     chief, worker = _start_workers(cmd, [_free_port(), _free_port()])
-    seen = []
-    for line in chief.stdout:  # Epoch 1 saved (ckpt-2), then an iteration of epoch 2.
-        seen.append(line)
-        if any(l.startswith("epoch 2/2") for l in seen) and line.strip().startswith("step 1/"):
-            worker.kill()
-            break
-    worker.wait(timeout=60)
+    _kill_in_epoch_2(chief, worker)
     _, err = chief.communicate(timeout=600)
     assert chief.returncode == 1, err[-3000:]
     lines = [l for l in err.strip().splitlines() if l.strip()]
@@ -129,6 +123,18 @@ def test_a_killed_worker_stops_the_other_in_one_line_and_the_same_commands_resum
         _, err = w.communicate(timeout=900)
         assert w.returncode == 0, err[-3000:]
     _assert_same_final_state(model_dir, reference)
+
+
+def _kill_in_epoch_2(watched, victim):
+    """SIGKILLs `victim` once `watched` has saved epoch 1 (ckpt-2) and run an iteration of
+    epoch 2."""
+    seen = []
+    for line in watched.stdout:
+        seen.append(line)
+        if any(l.startswith("epoch 2/2") for l in seen) and line.strip().startswith("step 1/"):
+            victim.kill()
+            break
+    victim.wait(timeout=60)
 
 
 def _assert_same_final_state(model_dir, reference):
@@ -163,14 +169,8 @@ def test_one_process_on_two_logical_cpus_equals_two_workers_and_resumes(
     env = _user_env()
     run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
-    seen = []
-    for line in run.stdout:  # Epoch 1 saved (ckpt-2), then an iteration of epoch 2.
-        seen.append(line)
-        if any(l.startswith("epoch 2/2") for l in seen) and line.strip().startswith("step 1/"):
-            run.kill()
-            break
-    run.wait(timeout=60)
-    assert not os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-4.index")), seen
+    _kill_in_epoch_2(run, run)
+    assert not os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-4.index"))
     finished = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "search done" in finished.stdout, finished.stdout[-3000:]
