@@ -71,9 +71,7 @@ def table(runs):
         mine = edges(genotype)
         differ = "-" if index == 0 else str(max(sum((reference - mine).values()),
                                                 sum((mine - reference).values())))
-        counts = collections.Counter()
-        for (_, _, _, op), n in mine.items():
-            counts[op] += n
+        counts = collections.Counter(op for _, _, _, op in mine.elements())
         histogram = ", ".join(f"{op} {n}" for op, n in sorted(counts.items(),
                                                              key=lambda kv: (-kv[1], kv[0])))
         accs = ", ".join(f"{a:.3f}" for a in last["val_acc"])

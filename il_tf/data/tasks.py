@@ -229,18 +229,14 @@ class Task:
         gradients are summed (BatchNorm's statistics are per replica, as in DARTS).
         """
         pre = self.preprocessing
-        split = self._split(role)
+        dataset = self._examples(self._split(role), pre, shuffle_files=training, seed=seed,
+                                 input_context=None if training else input_context)
+        if self.cache:
+            dataset = dataset.cache()
         if not training:
-            dataset = self._examples(
-                split, pre, shuffle_files=False, seed=seed, input_context=input_context)
-            if self.cache:
-                dataset = dataset.cache()
             dataset = dataset.map(lambda x, y: (pre.evaluate(x), y), num_parallel_calls=AUTOTUNE)
             return dataset.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
 
-        dataset = self._examples(split, pre, shuffle_files=True, seed=seed)
-        if self.cache:
-            dataset = dataset.cache()
         buffer = max(1, min(self.shuffle_buffer, self.num_examples(role)))
         dataset = dataset.shuffle(
             buffer, seed=seed * 1_000_003, reshuffle_each_iteration=True).repeat()
