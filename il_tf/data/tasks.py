@@ -235,7 +235,8 @@ class Task:
             dataset = dataset.cache()
         if not training:
             dataset = dataset.map(lambda x, y: (pre.evaluate(x), y), num_parallel_calls=AUTOTUNE)
-            return dataset.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
+            return dataset.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE).with_options(
+                _STREAM_OPTIONS)
 
         buffer = max(1, min(self.shuffle_buffer, self.num_examples(role)))
         dataset = dataset.shuffle(
@@ -262,7 +263,8 @@ class Task:
             dataset = dataset.filter(
                 lambda index, _: (index // batch_size) % replicas // per_pipeline == pipeline)
         dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE)
-        return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+        return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE).with_options(
+            _STREAM_OPTIONS)
 
 
 def distribute_dataset(
@@ -291,6 +293,24 @@ def distribute_dataset(
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _stream_options() -> tf.data.Options:
+    """Options of every stream `Task.dataset` returns: tf.data's autotuning model off.
+
+    Its background thread re-optimises the pipeline at periods that double up to a minute,
+    and destroying an iterator (every epoch ends its streams) waits for that thread's current
+    period to run out: 2-44 s per epoch on 2 cores (tools/search.py's tiny runs spent most
+    of their time there). Without it, `AUTOTUNE` parallelism is the machine's cores and the
+    prefetch buffers still grow on demand (tf.data's prefetch autotuner needs no model); the
+    CIFAR input pipeline's throughput is unchanged (`benchmarks/input_pipeline.py`,
+    docs/benchmarks.md)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
+_STREAM_OPTIONS = _stream_options()
 
 
 # ----------------------------------------------------------------------------------------
