@@ -18,9 +18,14 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=setuptools.find_packages(include=["il_tf", "il_tf.*"]),
+    # The offline dataset's images (il_tf/data/digits.py).
+    package_data={"il_tf.data": ["digits.npz"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.24",
+        # ml_dtypes 0.7.0's extension module takes about a second to load (0.6.0: 10 ms), in
+        # every process that imports TensorFlow; TensorFlow itself accepts >=0.5.1,<1.
+        "ml_dtypes>=0.5.1,<0.7",
         "keras>=3.10,<4",
         "tensorflow-datasets>=4.9.9,<5",
         "absl-py>=2.1",
@@ -28,8 +33,6 @@ setuptools.setup(
         # tfds imports it for downloads without declaring it.
         "importlib_resources",
         "gin-config>=0.5",
-        # Carries the offline dataset (its bundled 8x8 handwritten digits).
-        "scikit-learn>=1.4",
         # Cell diagrams, softmax(alpha) images and comparison plots.
         "matplotlib>=3.8",
     ],

@@ -1,21 +1,30 @@
 """`sklearn_digits`: a tfds dataset that ships with the install, for offline search and tests.
 
-Why this dataset: scikit-learn (an il_tf dependency) carries the UCI "optical recognition of
-handwritten digits" images inside its wheel (`sklearn.datasets.load_digits`: 1,797 grayscale
-8x8 images, 10 classes, about 180 per class), so it builds with no network, in about a second,
-and it is real image data on which architectures differ. Alternatives considered: MNIST and
-Fashion-MNIST are not inside any PyPI package we depend on; Keras's copies download; scikit-
-image's sample images are not a classification set.
+Why this dataset: the UCI "optical recognition of handwritten digits" images (Alpaydin and
+Kaynak, CC BY 4.0; 1,797 grayscale 8x8 images, 10 classes, about 180 per class) are small
+enough to ship inside il_tf (`digits.npz` beside this file, 46 KB), so the dataset builds with
+no network in about a second, and it is real image data on which architectures differ.
+Alternatives considered: MNIST and Fashion-MNIST are too large to ship and their loaders
+download; scikit-image's sample images are not a classification set.
+
+The file holds exactly the copy in scikit-learn's wheel (`sklearn.datasets.load_digits`), which
+il_tf used to read (hence the dataset's name, kept so that existing data directories stay
+valid). It is shipped instead because depending on scikit-learn for 46 KB of data slowed every
+il_tf process's start: Keras imports scikit-learn (and with it SciPy) whenever it is installed.
 
 Splits: the file has no official split, so the first 1,500 images are `train` and the last 297
 are `test` (contiguous blocks keep writers mostly apart; each class has 146-153 training and
-27-33 test images). Pixels (0-16 in the source) are stored as uint8 0-255 (`round(v * 255/16)`).
+27-33 test images). Pixels (0-16 in the source) are stored as uint8 0-255 (`round(v * 255/16)`,
+already so in `digits.npz`).
 """
+import os
+
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 NUM_TRAIN = 1500
+DATA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.npz")
 
 # Per-channel statistics of the train split in [0, 1] (checked by tests/test_data.py).
 MEAN = (0.30515739,) * 3
@@ -23,7 +32,7 @@ STD = (0.37486354,) * 3
 
 
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
-    """scikit-learn's bundled 8x8 handwritten digits as a tfds dataset (no download)."""
+    """The 8x8 handwritten digits that ship with il_tf, as a tfds dataset (no download)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release: 1,500 train / 297 test, uint8 8x8x1 images."}
@@ -65,10 +74,8 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
         }
 
     def _generate_examples(self, start, stop):
-        from sklearn import datasets  # pylint: disable=g-import-not-at-top
-
-        digits = datasets.load_digits()
-        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+        with np.load(DATA_FILE) as data:
+            images, labels = data["images"][..., None], data["labels"]
         for index in range(start, stop if stop is not None else len(images)):
             key = f"digits_{index:04d}"
-            yield key, {"id": key, "image": images[index], "label": int(digits.target[index])}
+            yield key, {"id": key, "image": images[index], "label": int(labels[index])}

@@ -375,7 +375,7 @@ def digits_task(
     data_dir: Optional[str] = None,
     name: str = "digits",
 ) -> Task:
-    """scikit-learn's 8x8 handwritten digits (ships with the install, builds offline).
+    """The UCI 8x8 handwritten digits (shipped with the install; builds offline).
 
     Args:
       classes: digit subset, e.g. (0, 1, 2, 3, 4); None is all ten.
