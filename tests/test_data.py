@@ -4,6 +4,7 @@ Fast on 2 CPU cores: the shipped digits dataset is built once into a temp data_d
 datasets that would download are replaced by `tfds.testing.mock_data`, and the 2-replica
 check runs in a subprocess that configures two logical CPUs before TensorFlow starts.
 """
+import hashlib
 import math
 import os
 import subprocess
@@ -24,6 +25,8 @@ from il_tf.data import preprocessing
 from il_tf.data import tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# sha256 over the digits examples (id, label, pixels) in id order, train then test.
+DIGITS_SHA256 = "9c34712c02629a277a343f6435a6d09701862d18d49f6fcda9b99d4c5a402a5e"
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +60,23 @@ def test_digits_builds_from_scratch(data_dir):
         builder.as_dataset(split="train", as_supervised=True))]) / 255.0
     np.testing.assert_allclose(images.mean(), digits.MEAN[0], atol=1e-6)
     np.testing.assert_allclose(images.std(), digits.STD[0], atol=1e-6)
+
+
+def test_digits_build_from_the_shipped_file_without_scikit_learn(tmp_path, monkeypatch):
+    # The images ship in il_tf (digits.npz): scikit-learn, even where it is installed, is
+    # not needed (importing it fails here). The examples are exactly those that
+    # scikit-learn's copy gave (`load_digits()`, pixels round(v * 255 / 16)): the digest
+    # below was taken from it.
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    builder = tfds.builder("sklearn_digits", data_dir=str(tmp_path))
+    builder.download_and_prepare()
+    digest = hashlib.sha256()
+    for split in ("train", "test"):
+        examples = sorted((e["id"], e["label"], e["image"].tobytes()) for e in
+                          tfds.as_numpy(builder.as_dataset(split=split)))
+        for key, label, image in examples:
+            digest.update(key + bytes([label]) + image)
+    assert digest.hexdigest() == DIGITS_SHA256
 
 
 def test_digits_tasks_shapes_dtypes_ranges(data_dir):
