@@ -158,6 +158,7 @@ class SearchProgram(runs.Program):
                                         name="best_val",
                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self._streams = None
+        self._eval_sets = {}  # learner -> its validation pipeline (`_evaluate`)
 
         @runtime.step_function
         def iteration(train_its, val_its):
@@ -230,9 +231,15 @@ class SearchProgram(runs.Program):
     # ------------------------------------------------------------------ epochs
     def _evaluate(self, k: int):
         total = correct = count = 0.0
-        ds = self.tasks[k].dataset("search_val", self.eval_batch_size, training=False)
-        if self.max_eval_batches:
-            ds = ds.take(self.max_eval_batches)
+        # One pipeline per learner for the whole run: every epoch's pass reads the same
+        # examples in the same order, and a rebuilt pipeline would trace its functions and
+        # read the split again (from the task's memory cache when it keeps one).
+        ds = self._eval_sets.get(k)
+        if ds is None:
+            ds = self.tasks[k].dataset("search_val", self.eval_batch_size, training=False)
+            if self.max_eval_batches:
+                ds = ds.take(self.max_eval_batches)
+            self._eval_sets[k] = ds
         for x, y in ds:
             loss, c = self.opt.evaluate_batch(self.opt.learners[k], x, y)
             total += float(loss)
