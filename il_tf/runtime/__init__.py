@@ -24,8 +24,10 @@ What a caller gets:
 - Process defaults, set when this package is first imported (il_tf's `__init__` imports it
   before anything else), each with the environment variable that turns it off: glibc's
   malloc arenas capped at one (malloc.py; `IL_TF_MALLOC_ARENAS`), oneDNN kernels on x86-64
-  Linux (onednn.py; `TF_ENABLE_ONEDNN_OPTS`), TensorFlow imported with its start-up noise
-  filtered from stderr (quiet.py; `IL_TF_VERBOSE_STARTUP`).
+  Linux (onednn.py; `TF_ENABLE_ONEDNN_OPTS`), Keras's import of matplotlib deferred to
+  its first use (deferred_imports.py; `IL_TF_DEFER_IMPORTS`),
+  TensorFlow imported with its start-up noise filtered from stderr (quiet.py;
+  `IL_TF_VERBOSE_STARTUP`).
 
 What it costs:
 - A `RuntimeFunction` call has no gradient (use it for functions that compute their own),
@@ -39,6 +41,8 @@ What it costs:
   results with it are bit-identical on the CPU (see `lean_grappler_config`).
 - The trace-time switches are module-global (not per thread) and act only while a function
   is traced: a traced definition keeps what they were.
+- A module that imported a deferred one early (Keras) holds the stand-in: its reads reach
+  the real module, a value assigned onto the stand-in does not.
 - The process defaults act only if il_tf is imported before TensorFlow; capturing stderr
   while TensorFlow starts needs a real file descriptor 2.
 
@@ -53,12 +57,14 @@ What to change for a new TensorFlow (or Keras):
 """
 # pylint: disable=g-import-not-at-top,wrong-import-position
 # First, before anything imports TensorFlow: the process defaults.
+from il_tf.runtime import deferred_imports
 from il_tf.runtime import malloc
 from il_tf.runtime import onednn
 from il_tf.runtime import quiet
 
 malloc.limit_arenas()
 onednn.enable_by_default()
+deferred_imports.defer()
 quiet.import_tensorflow_quietly()
 
 from il_tf.runtime.functions import RuntimeFunction

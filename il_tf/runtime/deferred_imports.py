@@ -1,0 +1,89 @@
+"""Keras's import of matplotlib deferred until something draws.
+
+Keras 3 imports `matplotlib.pyplot` and `matplotlib.patches` (for `keras.visualization`)
+whenever matplotlib is installed, in every process that imports it, although a search, a
+retraining or an export never calls them: about 0.4 s of each process's start on a 2-core
+machine (docs/benchmarks.md). il_tf itself draws with matplotlib's Agg backend only when it
+writes pictures.
+
+`defer` puts a stand-in module into `sys.modules` for each name that is installed but not yet
+imported. An `import` of the name gets the stand-in without running the module; the first
+attribute read on it imports the real module, which from then on is in `sys.modules` and
+answers every read made through the stand-in. (Python 3.11's `importlib.util.LazyLoader` is
+not enough: the import statement itself reads the module's `__spec__`, which loads it.)
+
+`IL_TF_DEFER_IMPORTS=0` turns this off.
+"""
+import importlib
+import importlib.util
+import os
+import sys
+import types
+
+ENV = "IL_TF_DEFER_IMPORTS"
+# Packages first: a submodule's stand-in hangs on its package's stand-in.
+# Not IPython (which Keras imports too, when installed): libraries take its presence in
+# `sys.modules` as the sign of a notebook (tensorflow_datasets, tqdm).
+NAMES = ("matplotlib", "matplotlib.pyplot", "matplotlib.patches")
+
+
+class _StandIn(types.ModuleType):
+    """A module that imports the real one on the first read of an attribute it lacks."""
+
+    def __init__(self, spec):
+        super().__init__(spec.name)
+        self.__spec__ = spec
+        self.__file__ = spec.origin
+        if spec.submodule_search_locations is not None:
+            self.__path__ = list(spec.submodule_search_locations)
+
+    def __getattr__(self, attr):
+        name = self.__spec__.name
+        module = sys.modules.get(name)
+        if module is self or module is None:
+            sys.modules.pop(name, None)
+            try:
+                module = importlib.import_module(name)
+            except BaseException:
+                sys.modules.setdefault(name, self)
+                raise
+            parent, _, child = name.rpartition(".")
+            if parent and not hasattr(sys.modules[parent], child):
+                # The import bound the submodule on the package's stand-in, if the package
+                # was one then; `import a.b` followed by `a.b.f()` needs it on the real one.
+                setattr(sys.modules[parent], child, module)
+        return getattr(module, attr)
+
+
+def _spec(name):
+    parent, _, child = name.rpartition(".")
+    if not parent:
+        return importlib.util.find_spec(name)
+    # A submodule's spec without importing its package (find_spec would).
+    package = sys.modules.get(parent)
+    if not isinstance(package, _StandIn):
+        return None
+    path = os.path.join(package.__path__[0], child + ".py")
+    if not os.path.isfile(path):
+        return None
+    return importlib.util.spec_from_file_location(name, path)
+
+
+def defer(names=NAMES) -> None:
+    """Puts a stand-in for each installed, not yet imported module of `names` (see above)."""
+    if os.environ.get(ENV, "1").strip().lower() in ("0", "off", "false", "no"):
+        return
+    for name in names:
+        if name in sys.modules:
+            continue
+        try:
+            spec = _spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            continue
+        stand_in = _StandIn(spec)
+        sys.modules[name] = stand_in
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, stand_in)
