@@ -6,11 +6,17 @@ import pytest
 def trace_cache(tmp_path_factory):
     """The session's own persistent trace cache (il_tf/runtime/trace_cache.py), for this
     process and the tools it starts: runs of the same configuration after the first load
-    the stored passes (the resume tests compare such runs with ones that traced)."""
+    the stored passes (the resume tests compare such runs with ones that traced). One
+    directory for both pytest-xdist workers (entries are written atomically), so that a
+    configuration both use is traced once."""
     import os  # pylint: disable=g-import-not-at-top
-    path = str(tmp_path_factory.mktemp("trace_cache"))
-    os.environ["IL_TF_TRACE_CACHE"] = path
-    return path
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # This session's directory above the workers' own.
+    path = base / "trace_cache"
+    path.mkdir(exist_ok=True)
+    os.environ["IL_TF_TRACE_CACHE"] = str(path)
+    return str(path)
 
 
 @pytest.fixture(scope="session")
