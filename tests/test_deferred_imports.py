@@ -1,6 +1,6 @@
-"""Keras's import of matplotlib waits for its first use
-(il_tf/runtime/deferred_imports.py), and then work as imported ones do. Checked in fresh
-processes: this one imported everything long ago."""
+"""Keras's import of matplotlib waits for its first use (il_tf/runtime/deferred_imports.py),
+and then matplotlib works as an imported one does. Checked in fresh processes: this one
+imported everything long ago."""
 import os
 import subprocess
 import sys
@@ -8,10 +8,11 @@ import sys
 import pytest
 
 _PROBE = """
+import os
 import sys
 import il_tf
 import keras
-real = sorted(n for n in ("matplotlib.figure", "matplotlib.pyplot")
+real = sorted(n for n in ("matplotlib", "matplotlib.figure", "matplotlib.pyplot")
               if type(sys.modules.get(n)).__name__ == "module")
 print("loaded at import:", real)
 if sys.argv[1] == "use":
@@ -28,7 +29,7 @@ if sys.argv[1] == "use":
 
 def _probe(*args, **env):
     environment = {**os.environ, **env}
-    out = subprocess.run([sys.executable, "-c", "import os\n" + _PROBE, *args],
+    out = subprocess.run([sys.executable, "-c", _PROBE, *args],
                          env=environment, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -43,7 +44,7 @@ def test_importing_il_tf_and_keras_does_not_run_matplotlib():
     assert "loaded at import: []" in _probe("import")
     # Without the stand-ins Keras really imports them (what the deferral saves).
     out = _probe("import", IL_TF_DEFER_IMPORTS="0")
-    assert "loaded at import: ['matplotlib.figure', 'matplotlib.pyplot']" in out
+    assert "loaded at import: ['matplotlib', 'matplotlib.figure', 'matplotlib.pyplot']" in out
 
 
 def test_deferred_modules_work_when_used(tmp_path):

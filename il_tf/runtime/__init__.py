@@ -53,7 +53,9 @@ What to change for a new TensorFlow (or Keras):
   gradient registry cleaned; the search must stay bit-identical
   (`python benchmarks/search_state.py dump|compare`, on the old and the new TF).
 - quiet.py's list of start-up lines (a new release prints new ones); onednn.py's note on
-  TF's own oneDNN default; the pins in setup.py.
+  TF's own oneDNN default; deferred_imports.py's `NAMES` (the matplotlib modules Keras
+  imports; tests/test_deferred_imports.py fails when matplotlib runs at import); the pins in
+  setup.py.
 """
 # pylint: disable=g-import-not-at-top,wrong-import-position
 # First, before anything imports TensorFlow: the process defaults.
