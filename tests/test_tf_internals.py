@@ -139,3 +139,13 @@ def test_onednn_flag_is_readable():
     with relied_on("tensorflow.python.util._pywrap_util_port.IsMklEnabled",
                    "tests/test_onednn.py"):
         assert isinstance(internals.onednn_enabled(), bool)
+
+
+def test_the_per_device_stage_of_distributed_streams_gets_its_options():
+    with relied_on("multi_device_iterator_ops._create_device_dataset and MultiDeviceIterator's "
+                   "prototype per-device datasets", "il_tf/runtime/device_streams.py"):
+        stream, source = internals.per_device_stream(tf.data.Dataset.range(3), "/cpu:0")
+        # Set by il_tf's import (device_streams.untune): no autotuning thread to wait for.
+        assert stream.options().autotune.enabled is False
+        assert list(stream.as_numpy_iterator()) == [0, 1, 2]
+        del source

@@ -27,7 +27,9 @@ What a caller gets:
   Linux (onednn.py; `TF_ENABLE_ONEDNN_OPTS`), Keras's import of matplotlib deferred to
   its first use (deferred_imports.py; `IL_TF_DEFER_IMPORTS`),
   TensorFlow imported with its start-up noise filtered from stderr (quiet.py;
-  `IL_TF_VERBOSE_STARTUP`).
+  `IL_TF_VERBOSE_STARTUP`), the per-device stage of distributed input streams run without
+  tf.data's autotuning, whose thread made every ended stream wait (device_streams.py;
+  `IL_TF_UNTUNE_DEVICE_STREAMS`).
 
 What it costs:
 - A `RuntimeFunction` call has no gradient (use it for functions that compute their own),
@@ -68,6 +70,9 @@ malloc.limit_arenas()
 onednn.enable_by_default()
 deferred_imports.defer()
 quiet.import_tensorflow_quietly()
+
+from il_tf.runtime import device_streams
+device_streams.untune()
 
 from il_tf.runtime.functions import RuntimeFunction
 from il_tf.runtime.functions import lean_grappler_calls

@@ -106,6 +106,36 @@ VariableWatcher = record.VariableWatcher        # the variables read inside the 
 record_operation = record.record_operation      # (op name, outputs, inputs, backward function)
 
 
+# ------------------------------------------------------------------ tf.data
+from tensorflow.python.data.ops import multi_device_iterator_ops  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def set_per_device_stream_options(options) -> None:
+    """Gives `options` to the per-device pipeline a distributed iterator builds after the
+    input pipeline (`multi_device_iterator_ops._create_device_dataset`, which both
+    `MultiDeviceIterator`s call by its module name: wrapped once, the options replaced on a
+    second call); device_streams.py."""
+    create = multi_device_iterator_ops._create_device_dataset  # pylint: disable=protected-access
+    original = getattr(create, "il_tf_original", create)
+
+    def create_with_options(*args, **kwargs):
+        return original(*args, **kwargs).with_options(options)
+
+    create_with_options.il_tf_original = original
+    multi_device_iterator_ops._create_device_dataset = create_with_options  # pylint: disable=protected-access
+
+
+def per_device_stream(dataset, device: str):
+    """(The per-device pipeline a distributed iterator would put after `dataset` on `device`,
+    the `MultiDeviceIterator` that feeds it: keep it while reading); for
+    tests/test_tf_internals.py, which checks the pipeline's options and elements."""
+    iterator = multi_device_iterator_ops.MultiDeviceIterator(dataset, [device])
+    stream = multi_device_iterator_ops._create_device_dataset(  # pylint: disable=protected-access
+        iterator._prototype_device_datasets[0], iterator._incarnation_id,  # pylint: disable=protected-access
+        1, False)
+    return stream, iterator
+
+
 # ------------------------------------------------------------------ Keras
 
 def flatten_layers(layer, include_self: bool = True, recursive: bool = True) -> Iterator:
