@@ -304,7 +304,8 @@ def _stream_options() -> tf.data.Options:
     of their time there). Without it, `AUTOTUNE` parallelism is the machine's cores and the
     prefetch buffers still grow on demand (tf.data's prefetch autotuner needs no model); the
     CIFAR input pipeline's throughput is unchanged (`benchmarks/input_pipeline.py`,
-    docs/benchmarks.md)."""
+    docs/benchmarks.md). The per-device stage a distributed iterator adds after these
+    pipelines gets the same option from `il_tf.runtime.device_streams`."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return options
