@@ -20,6 +20,8 @@ import os
 import sys
 import types
 
+from il_tf.runtime import switches
+
 ENV = "IL_TF_DEFER_IMPORTS"
 # Packages first: a submodule's stand-in hangs on its package's stand-in.
 # Not IPython (which Keras imports too, when installed): libraries take its presence in
@@ -71,7 +73,7 @@ def _spec(name):
 
 def defer(names=NAMES) -> None:
     """Puts a stand-in for each installed, not yet imported module of `names` (see above)."""
-    if os.environ.get(ENV, "1").strip().lower() in ("0", "off", "false", "no"):
+    if switches.turned_off(ENV):
         return
     for name in names:
         if name in sys.modules:

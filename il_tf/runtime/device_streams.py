@@ -15,18 +15,17 @@ per-device stage the same option, which changes no element and no order.
 A process default (set when il_tf is imported; see the package docstring):
 `IL_TF_UNTUNE_DEVICE_STREAMS=0` keeps TensorFlow's own.
 """
-import os
-
 import tensorflow as tf
 
 from il_tf.runtime import internals
+from il_tf.runtime import switches
 
 ENV = "IL_TF_UNTUNE_DEVICE_STREAMS"
 
 
 def untune() -> None:
     """Turns autotuning off in every per-device stage built from now on (see above)."""
-    if os.environ.get(ENV, "1").strip().lower() in ("0", "off", "false", "no"):
+    if switches.turned_off(ENV):
         return
     options = tf.data.Options()
     options.autotune.enabled = False

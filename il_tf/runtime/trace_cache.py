@@ -35,6 +35,7 @@ import tensorflow as tf
 from il_tf import version
 from il_tf.runtime import internals
 from il_tf.runtime import recompute
+from il_tf.runtime import switches
 from il_tf.runtime import tracing
 
 ENV = "IL_TF_TRACE_CACHE"
@@ -45,7 +46,7 @@ _FORMAT = 1  # bumped when an entry's layout changes
 def directory() -> Optional[str]:
     """The cache directory, or None when the cache is off."""
     path = os.environ.get(ENV)
-    if path is not None and path.strip().lower() in ("", "0", "off", "false", "no"):
+    if path is not None and (not path.strip() or switches.is_off(path)):
         return None
     if path:
         return path
