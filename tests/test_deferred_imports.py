@@ -24,6 +24,14 @@ if sys.argv[1] == "use":
     import matplotlib.pyplot
     matplotlib.pyplot.figure()
     print("used:", sorted(os.listdir(sys.argv[2])))
+if sys.argv[1] == "submodule":  # a matplotlib module that is not deferred, imported first
+    import matplotlib.ticker
+    from matplotlib import ticker
+    import matplotlib.scale
+    assert ticker is matplotlib.ticker is sys.modules["matplotlib.ticker"]
+    assert matplotlib.scale.NullFormatter is ticker.NullFormatter  # one ticker, run once
+    assert type(ticker.__spec__.loader).__name__ == "SourceFileLoader"
+    print("submodule:", ticker.MaxNLocator(4).tick_values(0, 1).tolist())
 """
 
 
@@ -53,3 +61,9 @@ def test_deferred_modules_work_when_used(tmp_path):
     for name in ("g.png", "normal.png"):
         with open(tmp_path / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_a_submodule_imported_before_the_package_is_used_works():
+    """`import il_tf` then `import matplotlib.ticker` (a notebook's next cell): the real
+    package is imported first, so the submodule is not run half under the stand-in."""
+    assert "submodule: [0.0, 0.25, 0.5, 0.75, 1.0]" in _probe("submodule")

@@ -15,6 +15,8 @@ not enough: the import statement itself reads the module's `__spec__`, which loa
 `IL_TF_DEFER_IMPORTS=0` turns this off.
 """
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -40,21 +42,66 @@ class _StandIn(types.ModuleType):
             self.__path__ = list(spec.submodule_search_locations)
 
     def __getattr__(self, attr):
-        name = self.__spec__.name
+        return getattr(_real(self), attr)
+
+
+def _real(stand_in: _StandIn) -> types.ModuleType:
+    """The real module of a stand-in, imported now if it is not yet."""
+    name = stand_in.__spec__.name
+    module = sys.modules.get(name)
+    if module is stand_in or module is None:
+        sys.modules.pop(name, None)
+        try:
+            module = importlib.import_module(name)
+        except BaseException:
+            sys.modules.setdefault(name, stand_in)
+            raise
+        parent, _, child = name.rpartition(".")
+        if parent and not hasattr(sys.modules[parent], child):
+            # The import bound the submodule on the package's stand-in, if the package
+            # was one then; `import a.b` followed by `a.b.f()` needs it on the real one.
+            setattr(sys.modules[parent], child, module)
+    return module
+
+
+class _RealPackageFirst(importlib.abc.MetaPathFinder):
+    """Imports a deferred package for real before another of its submodules is imported.
+
+    Otherwise `import matplotlib.ticker` runs ticker.py under the package's stand-in: its
+    first read of the package imports the real one, whose `__init__` imports ticker again and
+    finds it half-run (an ImportError). This finder, first on `sys.meta_path`, imports the
+    real package instead. Its `__init__` may import the submodule on the way; Python's import
+    would then load that module a second time from its spec (modules would hold two
+    `ticker`s), so the module's spec is swapped for one whose loader returns the module as it
+    is and puts its own spec back.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        del path
+        parent = sys.modules.get(name.rpartition(".")[0])
+        if target is not None or not isinstance(parent, _StandIn):
+            return None  # A reload, or not under a stand-in: the usual finders.
+        _real(parent)
         module = sys.modules.get(name)
-        if module is self or module is None:
-            sys.modules.pop(name, None)
-            try:
-                module = importlib.import_module(name)
-            except BaseException:
-                sys.modules.setdefault(name, self)
-                raise
-            parent, _, child = name.rpartition(".")
-            if parent and not hasattr(sys.modules[parent], child):
-                # The import bound the submodule on the package's stand-in, if the package
-                # was one then; `import a.b` followed by `a.b.f()` needs it on the real one.
-                setattr(sys.modules[parent], child, module)
-        return getattr(module, attr)
+        if module is None or isinstance(module, _StandIn):
+            return None  # Not imported on the way: the usual finders import it.
+        spec = importlib.machinery.ModuleSpec(name, _Imported(module))
+        module.__spec__ = spec  # What the import machinery loads a present module by.
+        return spec
+
+
+class _Imported(importlib.abc.Loader):
+    """Loads a module that is already imported: returns it, with its own spec put back."""
+
+    def __init__(self, module: types.ModuleType):
+        self.module = module
+        self.spec = module.__spec__
+
+    def create_module(self, spec):
+        return self.module
+
+    def exec_module(self, module):
+        module.__spec__ = self.spec
 
 
 def _spec(name):
@@ -89,3 +136,5 @@ def defer(names=NAMES) -> None:
         parent, _, child = name.rpartition(".")
         if parent:
             setattr(sys.modules[parent], child, stand_in)
+        if not any(isinstance(f, _RealPackageFirst) for f in sys.meta_path):
+            sys.meta_path.insert(0, _RealPackageFirst())
