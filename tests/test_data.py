@@ -97,6 +97,16 @@ def test_digits_tasks_shapes_dtypes_ranges(data_dir):
     assert images.shape == (4, 16, 16, 3)
 
 
+def test_class_subset_counts_are_the_examples_streamed(data_dir):
+    """`num_examples` of a class subset (counted once per split for all the dataset's tasks)
+    is the number of examples the task's own stream yields, for every role."""
+    for name in ("digits_low", "digits_high", "digits_low"):
+        task = data.get_task(name, data_dir=data_dir)
+        for role in data.ROLES:
+            streamed = sum(int(len(y)) for _, y in task.dataset(role, 512, training=False))
+            assert task.num_examples(role) == streamed, (name, role)
+
+
 def _ids(task, role):
     builder = task.source.builder
     split = task.splits[role]

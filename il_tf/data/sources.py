@@ -10,9 +10,10 @@ import os
 import socket
 import tempfile
 import threading
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import gin
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -26,6 +27,11 @@ TfdsConfig = collections.namedtuple("TfdsConfig", ["data_dir", "manual_dir", "do
 # internet hosts (tfds's own mirror first), not package indexes, which sandboxes often allow.
 _PROBE_HOSTS = ("storage.googleapis.com", "www.google.com")
 _PROBE_TIMEOUT_S = 4.0
+
+# Examples per class of the tfds split strings read so far in this process, by (dataset
+# directory, split string): the tasks of one dataset (learners on class subsets of it, say)
+# share one pass over a split's labels. Only splits with tfds metadata (built data) are kept.
+_LABEL_COUNTS: Dict[Tuple[str, str], np.ndarray] = {}
 
 
 @gin.configurable(module="il_tf.data")
@@ -182,19 +188,36 @@ class TfdsSource:
             read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
         )
 
-    def labels(self, split: str) -> tf.data.Dataset:
-        """Labels only (images not decoded), for counting class subsets."""
-        return self.read(split, decode=False).map(lambda image, label: label)
+    def label_counts(self, split: str) -> np.ndarray:
+        """Examples per class in a split string (one pass over its labels, images not decoded)."""
+        key = (os.fspath(self.builder.data_dir), split)
+        if key not in _LABEL_COUNTS:
+            labels = self.read(split, decode=False).map(lambda image, label: label)
+            counts = _bincount(labels, self.num_classes)
+            if not self._has_metadata(split):
+                return counts  # tfds.testing.mock_data: its examples differ from call to call.
+            _LABEL_COUNTS[key] = counts
+        return _LABEL_COUNTS[key].copy()
 
     def num_examples(self, split: str) -> int:
         self.prepare()
-        try:
-            count = self.builder.info.splits[split].num_examples
-            if count:
-                return int(count)
-        except (KeyError, ValueError):
-            pass  # No split metadata (tfds.testing.mock_data): count the stream itself.
+        if self._has_metadata(split):
+            return int(self.builder.info.splits[split].num_examples)
         return _count(self.read(split, decode=False))
+
+    def _has_metadata(self, split: str) -> bool:
+        """Whether tfds knows the split's size (not so under `tfds.testing.mock_data`)."""
+        try:
+            return bool(self.builder.info.splits[split].num_examples)
+        except (KeyError, ValueError):
+            return False
+
+
+def _bincount(labels: tf.data.Dataset, num_classes: int) -> np.ndarray:
+    counts = np.zeros(num_classes, np.int64)
+    for batch in labels.batch(65_536).as_numpy_iterator():
+        counts += np.bincount(batch, minlength=num_classes)[:num_classes]
+    return counts
 
 
 def _count(dataset: tf.data.Dataset) -> int:
@@ -279,8 +302,9 @@ class FolderSource:
             dataset = dataset.concatenate(part)
         return dataset
 
-    def labels(self, split: str) -> tf.data.Dataset:
-        return self.read(split).map(lambda image, label: label)
+    def label_counts(self, split: str) -> np.ndarray:
+        """Examples per class in a split string (one pass, decoding the images)."""
+        return _bincount(self.read(split).map(lambda image, label: label), self.num_classes)
 
     def num_examples(self, split: str) -> int:
         return sum(stop - start for _, start, stop in self._instructions(split))

@@ -158,13 +158,8 @@ class Task:
             if self.classes is None:
                 self._counts[split] = self.source.num_examples(split)
             else:
-                labels = self.source.labels(split)
-                keep = tf.constant(self.classes, tf.int64)
-                counts = labels.reduce(
-                    tf.constant(0, tf.int64),
-                    lambda n, y: n + tf.cast(tf.reduce_any(tf.equal(y, keep)), tf.int64),
-                )
-                self._counts[split] = int(counts)
+                counts = self.source.label_counts(split)
+                self._counts[split] = int(counts[list(self.classes)].sum())
         return self._counts[split]
 
     def _split(self, role: str) -> str:
