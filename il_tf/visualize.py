@@ -8,13 +8,15 @@ alternately high and low, and the output c_{k} on the right. Each edge is a circ
 whose bend and label position are picked from a few candidates, one edge after the other,
 to keep arcs off unrelated nodes and labels off nodes, arcs and each other.
 
-The alphas' course (`alpha_course_figure`, `draw_alpha_course`, `alpha_course_image`): for
+The alphas' course (`alpha_course_figure`, `encode_alpha_course`, `draw_alpha_course`,
+`alpha_course_image`): for
 every edge of both cells, the softmax weight of each op per epoch, read from the `"alphas"`
 of a search's metrics.jsonl records, as the small line plots of DARTS analyses.
 
 Uses matplotlib's object API with the Agg canvas (never pyplot), so drawing works without a
 display and does not touch a caller's pyplot state.
 """
+import io
 import os
 import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
@@ -282,13 +284,25 @@ def cell_figure(genotype: Union[Genotype, str], cell: str = "normal",
     return fig
 
 
-def _save_atomically(fig, path: str, fmt: str, dpi: int) -> None:
+def _encode(fig, fmt: str, dpi: int) -> bytes:
+    """A figure's file contents in one format (call inside `_PICTURE_RC`)."""
+    buffer = io.BytesIO()
+    metadata = {"Date": None} if fmt == "svg" else None  # reproducible SVG files
+    fig.savefig(buffer, format=fmt, dpi=dpi, facecolor="white", metadata=metadata)
+    return buffer.getvalue()
+
+
+# Text stays text in SVG (smaller, searchable); a fixed hash salt keeps SVG ids stable.
+_PICTURE_RC = {"svg.fonttype": "none", "svg.hashsalt": "il_tf"}
+
+
+def _write_atomically(data: bytes, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".picture-", suffix="." + fmt, dir=directory)
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(prefix=".picture-", suffix=os.path.splitext(path)[1],
+                               dir=directory)
     try:
-        metadata = {"Date": None} if fmt == "svg" else None  # reproducible SVG files
-        fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white", metadata=metadata)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; pictures are for everyone to read
         os.replace(tmp, path)
     except BaseException:
@@ -326,13 +340,12 @@ def draw_genotype(genotype: Union[Genotype, str], out_dir: Union[str, os.PathLik
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     paths = []
-    # Text stays text in SVG (smaller, searchable); a fixed hash salt keeps SVG ids stable.
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "il_tf"}):
+    with matplotlib.rc_context(_PICTURE_RC):
         for cell in CELLS:
             fig = cell_figure(genotype, cell, title=title)
             for fmt in formats:
                 path = os.path.join(out_dir, f"{cell}.{fmt}")
-                _save_atomically(fig, path, fmt, dpi)
+                _write_atomically(_encode(fig, fmt, dpi), path)
                 paths.append(path)
     return paths
 
@@ -639,11 +652,52 @@ def _check_formats(formats: Sequence[str]) -> None:
                          f"use any of {', '.join(sorted(supported))}")
 
 
+def encode_alpha_course(records: Sequence[Mapping[str, Any]],
+                        genotype: Union[Genotype, str, None] = None,
+                        title: Optional[str] = None, formats: Sequence[str] = FORMATS,
+                        dpi: int = 110) -> Dict[str, bytes]:
+    """The alphas' course drawn once and encoded in each format: {format: file contents}.
+
+    A search writes these contents as its files (`write_pictures`) and gives TensorBoard the
+    PNG (`png_image`): one drawing and one rendering per format and epoch, where drawing for
+    each use cost about 1 CPU-second more per epoch.
+
+    Args:
+        records, genotype, title: as for `alpha_course_figure`.
+        formats: file formats, any of "png", "svg" (or others matplotlib writes).
+        dpi: resolution of raster formats.
+
+    Raises:
+        AlphaCourseError: if the records hold no usable alphas.
+        ImportError: if matplotlib is missing, with the command that installs it.
+        ValueError: on a picture format matplotlib cannot write.
+    """
+    matplotlib, _, _, _ = _matplotlib()
+    _check_formats(formats)
+    fig = alpha_course_figure(records, genotype=genotype, title=title)
+    with matplotlib.rc_context(_PICTURE_RC):
+        return {fmt: _encode(fig, fmt, dpi) for fmt in formats}
+
+
+def write_pictures(encoded: Mapping[str, bytes], out_prefix: Union[str, os.PathLike]
+                   ) -> List[str]:
+    """Writes `<out_prefix>.<fmt>` for each {format: contents}, replacing earlier files
+    atomically (a reader never sees half a picture); returns the paths in that order."""
+    out_prefix = os.fspath(out_prefix)
+    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
+    paths = []
+    for fmt, data in encoded.items():
+        path = f"{out_prefix}.{fmt}"
+        _write_atomically(data, path)
+        paths.append(path)
+    return paths
+
+
 def draw_alpha_course(records: Sequence[Mapping[str, Any]],
                       out_prefix: Union[str, os.PathLike],
                       genotype: Union[Genotype, str, None] = None,
                       title: Optional[str] = None, formats: Sequence[str] = FORMATS,
-                      dpi: int = 110, figure=None) -> List[str]:
+                      dpi: int = 110) -> List[str]:
     """Draws the alphas' course into `<out_prefix>.<fmt>`, replacing earlier files atomically.
 
     Meant to be called after every epoch of a search with the metrics.jsonl records so far,
@@ -656,8 +710,6 @@ def draw_alpha_course(records: Sequence[Mapping[str, Any]],
         title: text in front of the heading.
         formats: file formats, any of "png", "svg" (or others matplotlib writes).
         dpi: resolution of raster formats.
-        figure: `alpha_course_figure(records, genotype, title)` if already drawn (a search
-          draws it once per epoch for its files and TensorBoard); the three are then unused.
 
     Returns:
         The paths written, in `formats` order.
@@ -667,32 +719,29 @@ def draw_alpha_course(records: Sequence[Mapping[str, Any]],
         ImportError: if matplotlib is missing, with the command that installs it.
         ValueError: on a picture format matplotlib cannot write.
     """
-    matplotlib, _, _, _ = _matplotlib()
-    _check_formats(formats)
-    fig = figure or alpha_course_figure(records, genotype=genotype, title=title)
-    out_prefix = os.fspath(out_prefix)
-    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-    paths = []
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "il_tf"}):
-        for fmt in formats:
-            path = f"{out_prefix}.{fmt}"
-            _save_atomically(fig, path, fmt, dpi)
-            paths.append(path)
-    return paths
+    return write_pictures(encode_alpha_course(records, genotype, title, formats, dpi),
+                          out_prefix)
+
+
+def png_image(png: bytes) -> np.ndarray:
+    """A PNG's pixels as a uint8 (height, width, 4) RGBA array, e.g. for TensorBoard:
+    `tf.summary.image(tag, png_image(png)[None], step=...)`."""
+    _matplotlib()
+    from PIL import Image  # pylint: disable=g-import-not-at-top  # matplotlib requires Pillow
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGBA"), dtype=np.uint8)
 
 
 def alpha_course_image(records: Sequence[Mapping[str, Any]],
                        genotype: Union[Genotype, str, None] = None,
-                       title: Optional[str] = None, dpi: int = 80,
-                       figure=None) -> np.ndarray:
+                       title: Optional[str] = None, dpi: int = 80) -> np.ndarray:
     """The alphas' course as an RGBA image for TensorBoard.
 
     Log it with `tf.summary.image("alpha_course", image[None], step=...)`.
 
     Args:
         records, genotype, title: as for `alpha_course_figure`.
-        dpi: pixels per inch (80: about 1,300 x 500 pixels for DARTS's cells).
-        figure: as for `draw_alpha_course`.
+        dpi: pixels per inch (80: about 770 x 1,070 pixels for DARTS's cells).
 
     Returns:
         A uint8 array of shape (height, width, 4).
@@ -700,8 +749,4 @@ def alpha_course_image(records: Sequence[Mapping[str, Any]],
     Raises:
         AlphaCourseError: if the records hold no usable alphas.
     """
-    fig = figure or alpha_course_figure(records, genotype=genotype, title=title)
-    fig.set_dpi(dpi)
-    fig.patch.set_facecolor("white")
-    fig.canvas.draw()
-    return np.array(fig.canvas.buffer_rgba(), dtype=np.uint8)
+    return png_image(encode_alpha_course(records, genotype, title, ("png",), dpi)["png"])

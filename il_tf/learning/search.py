@@ -134,7 +134,7 @@ class SearchProgram(runs.Program):
         self.batch_size, self.epochs, self.seed = batch_size, epochs, seed
         self.eval_batch_size, self.max_eval_batches = eval_batch_size, max_eval_batches
         self.draw_pictures, self.fail_on_step = draw_pictures, fail_on_step
-        self._course = (None, None)  # (records it shows, the alphas' course figure)
+        self._course = (None, None)  # (records it shows, the alphas' course files' contents)
         steps = min(t.num_examples("search_train") // batch_size for t in self.tasks)
         if steps < 1:
             raise ValueError(f"batch_size {batch_size} is larger than a learner's "
@@ -294,15 +294,18 @@ class SearchProgram(runs.Program):
         if not self.draw_pictures:
             return scalars, {}
         from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
-        return scalars, {"alpha_course": visualize.alpha_course_image(
-            records, figure=self._course_figure(records))}
+        png = self._course_files(records, formats=("png",))["png"]
+        return scalars, {"alpha_course": visualize.png_image(png)}
 
-    def _course_figure(self, records):
-        """The alphas' course up to `records[-1]`, drawn once for its files and TensorBoard."""
+    def _course_files(self, records, formats=None) -> Dict[str, bytes]:
+        """The alphas' course up to `records[-1]` as file contents by format (default PNG and
+        SVG), drawn and encoded once for the run directory's files and TensorBoard (which
+        shows the PNG: the loop writes an epoch's files before its summaries)."""
+        from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
+        formats = visualize.FORMATS if formats is None else formats
         key = (len(records), records[-1].get("step"))
-        if self._course[0] != key:
-            from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
-            self._course = (key, visualize.alpha_course_figure(records))
+        if self._course[0] != key or not set(formats) <= set(self._course[1]):
+            self._course = (key, visualize.encode_alpha_course(records, formats=formats))
         return self._course[1]
 
     def write_outputs(self, record, records) -> None:
@@ -312,8 +315,8 @@ class SearchProgram(runs.Program):
             genotype.save(self.run_dir.join("genotype_best.json"))
         if self.draw_pictures:
             from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
-            visualize.draw_alpha_course(records, self.run_dir.join(visualize.ALPHA_COURSE),
-                                        figure=self._course_figure(records))
+            visualize.write_pictures(self._course_files(records),
+                                     self.run_dir.join(visualize.ALPHA_COURSE))
 
     def finish(self, records: Sequence[Mapping]) -> Dict:
         result = dict(records[-1]) if records else {}
