@@ -58,6 +58,28 @@ def test_writes_every_output(run):
     assert [r["epoch"] for r in _records(model_dir)] == [0, 1, 2, 3]
 
 
+def test_tensorboard_shows_the_alphas_course_of_every_epoch_as_in_the_png(run):
+    """One image per record (epochs 0-3); the last is the run directory's alpha_course.png."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from il_tf import visualize  # pylint: disable=g-import-not-at-top
+    model_dir, _ = run
+    directory = os.path.join(model_dir, "tensorboard")
+    images = {}
+    for name in os.listdir(directory):
+        for data in tf.data.TFRecordDataset(os.path.join(directory, name)):
+            event = tf.compat.v1.Event.FromString(data.numpy())
+            for value in event.summary.value:
+                if value.tag == "alpha_course":
+                    images[event.step] = tf.io.decode_png(
+                        tf.make_ndarray(value.tensor)[2], channels=4).numpy()
+    steps = [r["step"] for r in _records(model_dir)]
+    assert sorted(images) == steps
+    with open(os.path.join(model_dir, "alpha_course.png"), "rb") as f:
+        assert np.array_equal(images[steps[-1]], visualize.png_image(f.read()))
+    assert not np.array_equal(images[steps[0]], images[steps[-1]])
+
+
 def test_search_lowers_every_learners_val_loss_and_moves_alphas(run):
     model_dir, record = run
     first = _records(model_dir)[0]
