@@ -9,9 +9,10 @@ whose bend and label position are picked from a few candidates, one edge after t
 to keep arcs off unrelated nodes and labels off nodes, arcs and each other.
 
 The alphas' course (`alpha_course_figure`, `encode_alpha_course`, `draw_alpha_course`,
-`alpha_course_image`): for
-every edge of both cells, the softmax weight of each op per epoch, read from the `"alphas"`
-of a search's metrics.jsonl records, as the small line plots of DARTS analyses.
+`alpha_course_image`): for every edge of both cells, the softmax weight of each op per
+epoch, read from the `"alphas"` of a search's metrics.jsonl records, as the small line plots
+of DARTS analyses. A figure is encoded once per format (`encode_figure`) and the contents
+written as files (`write_pictures`) or decoded for TensorBoard (`png_image`).
 
 Uses matplotlib's object API with the Agg canvas (never pyplot), so drawing works without a
 display and does not touch a caller's pyplot state.
@@ -284,16 +285,25 @@ def cell_figure(genotype: Union[Genotype, str], cell: str = "normal",
     return fig
 
 
-def _encode(fig, fmt: str, dpi: int) -> bytes:
-    """A figure's file contents in one format (call inside `_PICTURE_RC`)."""
-    buffer = io.BytesIO()
-    metadata = {"Date": None} if fmt == "svg" else None  # reproducible SVG files
-    fig.savefig(buffer, format=fmt, dpi=dpi, facecolor="white", metadata=metadata)
-    return buffer.getvalue()
+def encode_figure(fig, formats: Sequence[str] = FORMATS, dpi: int = 110) -> Dict[str, bytes]:
+    """A figure's file contents in each format: {format: bytes}, for `write_pictures`.
 
+    Text stays text in SVG (smaller, searchable); a fixed hash salt and no date keep SVG files
+    reproducible.
 
-# Text stays text in SVG (smaller, searchable); a fixed hash salt keeps SVG ids stable.
-_PICTURE_RC = {"svg.fonttype": "none", "svg.hashsalt": "il_tf"}
+    Raises:
+        ValueError: on a picture format matplotlib cannot write.
+    """
+    matplotlib, _, _, _ = _matplotlib()
+    _check_formats(formats)
+    encoded = {}
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "il_tf"}):
+        for fmt in formats:
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=fmt, dpi=dpi, facecolor="white",
+                        metadata={"Date": None} if fmt == "svg" else None)
+            encoded[fmt] = buffer.getvalue()
+    return encoded
 
 
 def _write_atomically(data: bytes, path: str) -> None:
@@ -332,21 +342,14 @@ def draw_genotype(genotype: Union[Genotype, str], out_dir: Union[str, os.PathLik
         ImportError: if matplotlib is missing, with the command that installs it.
         ValueError: on a picture format matplotlib cannot write.
     """
-    matplotlib, _, _, _ = _matplotlib()
     _check_formats(formats)
     if title is None and isinstance(genotype, str) and not os.path.exists(genotype):
         title = genotype.strip().upper()
     genotype = get_genotype(genotype)
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     paths = []
-    with matplotlib.rc_context(_PICTURE_RC):
-        for cell in CELLS:
-            fig = cell_figure(genotype, cell, title=title)
-            for fmt in formats:
-                path = os.path.join(out_dir, f"{cell}.{fmt}")
-                _write_atomically(_encode(fig, fmt, dpi), path)
-                paths.append(path)
+    for cell in CELLS:
+        encoded = encode_figure(cell_figure(genotype, cell, title=title), formats, dpi)
+        paths += write_pictures(encoded, os.path.join(os.fspath(out_dir), cell))
     return paths
 
 
@@ -656,11 +659,8 @@ def encode_alpha_course(records: Sequence[Mapping[str, Any]],
                         genotype: Union[Genotype, str, None] = None,
                         title: Optional[str] = None, formats: Sequence[str] = FORMATS,
                         dpi: int = 110) -> Dict[str, bytes]:
-    """The alphas' course drawn once and encoded in each format: {format: file contents}.
-
-    A search writes these contents as its files (`write_pictures`) and gives TensorBoard the
-    PNG (`png_image`): one drawing and one rendering per format and epoch, where drawing for
-    each use cost about 1 CPU-second more per epoch.
+    """The alphas' course drawn once and encoded in each format: {format: file contents}, for
+    `write_pictures`; `png_image` turns the PNG into pixels for TensorBoard.
 
     Args:
         records, genotype, title: as for `alpha_course_figure`.
@@ -672,11 +672,9 @@ def encode_alpha_course(records: Sequence[Mapping[str, Any]],
         ImportError: if matplotlib is missing, with the command that installs it.
         ValueError: on a picture format matplotlib cannot write.
     """
-    matplotlib, _, _, _ = _matplotlib()
     _check_formats(formats)
-    fig = alpha_course_figure(records, genotype=genotype, title=title)
-    with matplotlib.rc_context(_PICTURE_RC):
-        return {fmt: _encode(fig, fmt, dpi) for fmt in formats}
+    return encode_figure(alpha_course_figure(records, genotype=genotype, title=title),
+                         formats, dpi)
 
 
 def write_pictures(encoded: Mapping[str, bytes], out_prefix: Union[str, os.PathLike]

@@ -24,14 +24,23 @@ if sys.argv[1] == "use":
     import matplotlib.pyplot
     matplotlib.pyplot.figure()
     print("used:", sorted(os.listdir(sys.argv[2])))
-if sys.argv[1] == "submodule":  # a matplotlib module that is not deferred, imported first
-    import matplotlib.ticker
+if sys.argv[1] == "submodule":  # matplotlib modules that are not deferred, imported first
+    import importlib.util
+    found = importlib.util.find_spec("matplotlib.ticker")  # locating imports nothing
+    assert found.origin.endswith("ticker.py") and "matplotlib.ticker" not in sys.modules
+    import matplotlib.ticker  # imported by matplotlib's own __init__ on the way
     from matplotlib import ticker
     import matplotlib.scale
     assert ticker is matplotlib.ticker is sys.modules["matplotlib.ticker"]
     assert matplotlib.scale.NullFormatter is ticker.NullFormatter  # one ticker, run once
-    assert type(ticker.__spec__.loader).__name__ == "SourceFileLoader"
-    print("submodule:", ticker.MaxNLocator(4).tick_values(0, 1).tolist())
+    import matplotlib.sankey  # not imported on the way
+    for module in (ticker, matplotlib.sankey):
+        assert type(module.__spec__.loader).__name__ == "SourceFileLoader", module
+        assert module.__loader__ is module.__spec__.loader, module
+    import matplotlib.pyplot  # still deferred: it hangs on the real package
+    matplotlib.pyplot.figure()
+    print("submodule:", ticker.MaxNLocator(4).tick_values(0, 1).tolist(),
+          type(matplotlib.sankey.Sankey).__name__)
 """
 
 
@@ -66,4 +75,4 @@ def test_deferred_modules_work_when_used(tmp_path):
 def test_a_submodule_imported_before_the_package_is_used_works():
     """`import il_tf` then `import matplotlib.ticker` (a notebook's next cell): the real
     package is imported first, so the submodule is not run half under the stand-in."""
-    assert "submodule: [0.0, 0.25, 0.5, 0.75, 1.0]" in _probe("submodule")
+    assert "submodule: [0.0, 0.25, 0.5, 0.75, 1.0] type" in _probe("submodule")

@@ -30,7 +30,8 @@ _PROBE_TIMEOUT_S = 4.0
 
 # Examples per class of the tfds split strings read so far in this process, by (dataset
 # directory, split string): the tasks of one dataset (learners on class subsets of it, say)
-# share one pass over a split's labels. Only splits with tfds metadata (built data) are kept.
+# share one pass over a split's labels. Kept only when they add up to the split's size in
+# tfds's metadata, i.e. they were counted on the built data.
 _LABEL_COUNTS: Dict[Tuple[str, str], np.ndarray] = {}
 
 
@@ -194,8 +195,11 @@ class TfdsSource:
         if key not in _LABEL_COUNTS:
             labels = self.read(split, decode=False).map(lambda image, label: label)
             counts = _bincount(labels, self.num_classes)
-            if not self._has_metadata(split):
-                return counts  # tfds.testing.mock_data: its examples differ from call to call.
+            if not self._has_metadata(split) or (
+                    counts.sum() != self.builder.info.splits[split].num_examples):
+                # Not the built data that tfds describes (tfds.testing.mock_data generates
+                # examples in place of a directory's): not for other tasks to reuse.
+                return counts
             _LABEL_COUNTS[key] = counts
         return _LABEL_COUNTS[key].copy()
 
@@ -216,6 +220,7 @@ class TfdsSource:
 def _bincount(labels: tf.data.Dataset, num_classes: int) -> np.ndarray:
     counts = np.zeros(num_classes, np.int64)
     for batch in labels.batch(65_536).as_numpy_iterator():
+        batch = batch[batch >= 0]  # -1: unlabelled (e.g. imagenet2012's test split)
         counts += np.bincount(batch, minlength=num_classes)[:num_classes]
     return counts
 

@@ -134,7 +134,7 @@ class SearchProgram(runs.Program):
         self.batch_size, self.epochs, self.seed = batch_size, epochs, seed
         self.eval_batch_size, self.max_eval_batches = eval_batch_size, max_eval_batches
         self.draw_pictures, self.fail_on_step = draw_pictures, fail_on_step
-        self._course = (None, None)  # (records it shows, the alphas' course files' contents)
+        self._course = (None, None, {})  # (records shown, the alphas' course, its encodings)
         steps = min(t.num_examples("search_train") // batch_size for t in self.tasks)
         if steps < 1:
             raise ValueError(f"batch_size {batch_size} is larger than a learner's "
@@ -299,14 +299,18 @@ class SearchProgram(runs.Program):
 
     def _course_files(self, records, formats=None) -> Dict[str, bytes]:
         """The alphas' course up to `records[-1]` as file contents by format (default PNG and
-        SVG), drawn and encoded once for the run directory's files and TensorBoard (which
-        shows the PNG: the loop writes an epoch's files before its summaries)."""
+        SVG): one figure per record, each format encoded once for the run directory's files
+        and TensorBoard (which shows the PNG)."""
         from il_tf import visualize  # pylint: disable=g-import-not-at-top  # matplotlib
         formats = visualize.FORMATS if formats is None else formats
         key = (len(records), records[-1].get("step"))
-        if self._course[0] != key or not set(formats) <= set(self._course[1]):
-            self._course = (key, visualize.encode_alpha_course(records, formats=formats))
-        return self._course[1]
+        if self._course[0] != key:
+            self._course = (key, visualize.alpha_course_figure(records), {})
+        _, figure, files = self._course
+        missing = [fmt for fmt in formats if fmt not in files]
+        if missing:
+            files.update(visualize.encode_figure(figure, missing))
+        return {fmt: files[fmt] for fmt in formats}
 
     def write_outputs(self, record, records) -> None:
         genotype = genotypes.Genotype.from_dict(record["genotype"])

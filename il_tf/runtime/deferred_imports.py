@@ -14,6 +14,7 @@ not enough: the import statement itself reads the module's `__spec__`, which loa
 
 `IL_TF_DEFER_IMPORTS=0` turns this off.
 """
+import copy
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -61,47 +62,62 @@ def _real(stand_in: _StandIn) -> types.ModuleType:
             # The import bound the submodule on the package's stand-in, if the package
             # was one then; `import a.b` followed by `a.b.f()` needs it on the real one.
             setattr(sys.modules[parent], child, module)
+        for other, sub in list(sys.modules.items()):
+            # The package's submodules still deferred hang on the real package now.
+            parent, _, child = other.rpartition(".")
+            if parent == name and isinstance(sub, _StandIn) and not hasattr(module, child):
+                setattr(module, child, sub)
     return module
 
 
 class _RealPackageFirst(importlib.abc.MetaPathFinder):
-    """Imports a deferred package for real before another of its submodules is imported.
+    """Imports a deferred package for real before another of its submodules is loaded.
 
     Otherwise `import matplotlib.ticker` runs ticker.py under the package's stand-in: its
     first read of the package imports the real one, whose `__init__` imports ticker again and
-    finds it half-run (an ImportError). This finder, first on `sys.meta_path`, imports the
-    real package instead. Its `__init__` may import the submodule on the way; Python's import
-    would then load that module a second time from its spec (modules would hold two
-    `ticker`s), so the module's spec is swapped for one whose loader returns the module as it
-    is and puts its own spec back.
+    finds it half-run (an ImportError). This finder, first on `sys.meta_path`, only locates
+    the submodule (finders run under Python's global import lock, where importing a package
+    could deadlock with another thread's import); its loader (`_AfterPackage`) imports the
+    real package first.
     """
 
     def find_spec(self, name, path=None, target=None):
-        del path
         parent = sys.modules.get(name.rpartition(".")[0])
         if target is not None or not isinstance(parent, _StandIn):
             return None  # A reload, or not under a stand-in: the usual finders.
-        _real(parent)
-        module = sys.modules.get(name)
-        if module is None or isinstance(module, _StandIn):
-            return None  # Not imported on the way: the usual finders import it.
-        spec = importlib.machinery.ModuleSpec(name, _Imported(module))
-        module.__spec__ = spec  # What the import machinery loads a present module by.
-        return spec
+        spec = importlib.machinery.PathFinder.find_spec(name, path or parent.__path__)
+        if spec is None or spec.loader is None:
+            return spec
+        wrapped = copy.copy(spec)  # origin, search locations, cached file: as found
+        wrapped.loader = _AfterPackage(parent, spec)
+        return wrapped
 
 
-class _Imported(importlib.abc.Loader):
-    """Loads a module that is already imported: returns it, with its own spec put back."""
+class _AfterPackage(importlib.abc.Loader):
+    """Loads a submodule after its deferred package's real import, which may have imported
+    the submodule on the way: then that module is the result, not run a second time. Either
+    way the module ends with the usual finders' spec and loader."""
 
-    def __init__(self, module: types.ModuleType):
-        self.module = module
-        self.spec = module.__spec__
+    def __init__(self, package: _StandIn, spec):
+        self.package = package
+        self.spec = spec
+        self.imported = None  # (module, its spec) when the package's import made it
 
     def create_module(self, spec):
-        return self.module
+        _real(self.package)
+        module = sys.modules.get(spec.name)
+        if module is not None and not isinstance(module, _StandIn):
+            self.imported = (module, module.__spec__)
+            return module
+        return self.spec.loader.create_module(self.spec)
 
     def exec_module(self, module):
+        if self.imported is not None and module is self.imported[0]:
+            module.__spec__ = self.imported[1]  # The import machinery set the wrapper's.
+            return
         module.__spec__ = self.spec
+        module.__loader__ = self.spec.loader
+        self.spec.loader.exec_module(module)
 
 
 def _spec(name):
