@@ -32,8 +32,10 @@ def clear_gin():
     gin.clear_config()
 
 
-def _subprocess(script: str, *args: str) -> subprocess.Popen:
+def _subprocess(script: str, *args: str, eigen: bool = False) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": REPO}
+    if eigen:
+        env["TF_ENABLE_ONEDNN_OPTS"] = "0"
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *args], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -45,7 +47,11 @@ def _finish(process: subprocess.Popen, timeout: float = 240):
 
 
 # The same tiny digits run: 4 steps of 32 images per epoch, 2 epochs, checkpoints every 3
-# steps (so one falls inside epoch 2) and at epoch ends, op determinism on.
+# steps (so one falls inside epoch 2) and at epoch ends, op determinism on. Run on TensorFlow's
+# Eigen kernels (eigen=True): on an AVX-512 CPU, oneDNN's depthwise filter gradient once
+# differed at float rounding (1e-7) between two processes of this same run, under load (not
+# reproduced in 19 further pairs); what is tested here is the run loop's exact resume, which
+# test_runs.py also checks bit for bit under the default kernels.
 _RUN = """
 import sys
 import il_tf
@@ -109,8 +115,9 @@ def background_runs(data_dir, tmp_path_factory):
     dirs = {name: str(root / name) for name in ("uninterrupted", "restarted", "mirrored")}
     processes = {
         "uninterrupted": _subprocess(_RUN, data_dir, dirs["uninterrupted"],
-                                     "uninterrupted_then_mid_epoch"),
-        "first_epoch": _subprocess(_RUN, data_dir, dirs["restarted"], "first_epoch"),
+                                     "uninterrupted_then_mid_epoch", eigen=True),
+        "first_epoch": _subprocess(_RUN, data_dir, dirs["restarted"], "first_epoch",
+                                   eigen=True),
         "mirrored": _subprocess(_MIRRORED, data_dir, dirs["mirrored"]),
     }
     yield dirs, processes
@@ -325,7 +332,7 @@ def test_restart_resumes_at_epoch_2_and_equals_an_uninterrupted_run(data_dir, ba
     restarted = dirs["restarted"]
     assert [r["epoch"] for r in training.read_metrics(restarted)] == [1]
     first = _variables(os.path.join(restarted, "checkpoints", "ckpt-4"))
-    second = _subprocess(_RUN, data_dir, restarted, "restart")
+    second = _subprocess(_RUN, data_dir, restarted, "restart", eigen=True)
     out = _finish(processes["uninterrupted"])
     assert "done" in out
     out, err = second.communicate(timeout=240)

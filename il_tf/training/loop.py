@@ -294,7 +294,9 @@ def train(
       top5: report top-5 too; None means when the task has at least 100 classes.
       mixed_precision: None, "mixed_float16" (with dynamic loss scaling) or "mixed_bfloat16".
       jit_compile: compile the forward and backward pass with XLA.
-      deterministic: `tf.config.experimental.enable_op_determinism()` (slower).
+      deterministic: `tf.config.experimental.enable_op_determinism()` (slower). For
+        bit-identical reruns in separate processes also set `TF_ENABLE_ONEDNN_OPTS=0`:
+        oneDNN kernels were seen to differ at float rounding between two processes.
       interactive: progress bar (True) or log lines (False); None asks the terminal.
       log_every_steps: log line interval without a terminal.
       stop_after_epochs: stop (resumably) after this many epochs in this process; None
