@@ -229,6 +229,11 @@ def test_rerunning_a_finished_search_prints_its_summary_without_work(
         data_dir, uninterrupted_search):
     reference, reference_process = uninterrupted_search
     reference_process()
+    # The tool ends without the interpreter's teardown (il_tf.runtime.teardown): its last
+    # TensorBoard points and records are on disk all the same.
+    records = _metrics(reference)
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert {r["step"] for r in records} <= {step for _, step, _ in _tensorboard_scalars(reference)}
     before = _checkpoint_values(reference)
     with open(os.path.join(reference, "metrics.jsonl")) as f:
         metrics = f.read()

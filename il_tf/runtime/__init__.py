@@ -21,6 +21,8 @@ What a caller gets:
   (`shared_constant`) and the BN moving-statistics mode of the pass being traced
   (`moving_statistics_frozen`, `moving_statistics_deferred`, `moving_statistics_mode`).
 - Keras's recursive layer listing (`flatten_layers`).
+- A tool's exit without the interpreter's and TensorFlow's teardown, about a second per
+  process (`exit_without_teardown`, teardown.py; `IL_TF_FAST_EXIT`).
 - Process defaults, set when this package is first imported (il_tf's `__init__` imports it
   before anything else), each with the environment variable that turns it off: glibc's
   malloc arenas capped at one (malloc.py; `IL_TF_MALLOC_ARENAS`), oneDNN kernels on x86-64
@@ -45,6 +47,8 @@ What it costs:
   is traced: a traced definition keeps what they were.
 - A module that imported a deferred one early (Keras) holds the stand-in: its reads reach
   the real module, a value assigned onto the stand-in does not.
+- `exit_without_teardown` runs no atexit handler and no destructor: only for a process
+  whose files are all closed (a multi-worker one exits normally).
 - The process defaults act only if il_tf is imported before TensorFlow; capturing stderr
   while TensorFlow starts needs a real file descriptor 2.
 
@@ -85,6 +89,7 @@ from il_tf.runtime.internals import num_workers
 from il_tf.runtime.recompute import call_recomputed
 from il_tf.runtime.recompute import recompute_disabled
 from il_tf.runtime.recompute import recompute_in_backward
+from il_tf.runtime.teardown import exit_without_teardown
 from il_tf.runtime.tracing import moving_statistics_deferred
 from il_tf.runtime.tracing import moving_statistics_frozen
 from il_tf.runtime.tracing import moving_statistics_mode
