@@ -142,6 +142,25 @@ def test_seeded_stream_is_deterministic(data_dir):
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other))
 
 
+def test_streams_of_a_one_file_split_read_it_once_and_equal_fresh_reads(data_dir):
+    """Every training stream of a one-file split reads one memory-cached dataset per task
+    (Task._one_order); its batches are those of a task that reads the file every time."""
+    task = data.get_task("digits_low", data_dir=data_dir)
+    fresh = data.get_task("digits_low", data_dir=data_dir)
+    fresh.cache = False
+
+    def batches(t, seed):
+        stream = t.dataset("search_train", 16, training=True, seed=seed, skip_batches=2)
+        return [(x.numpy(), y.numpy()) for x, y in stream.take(3)]
+
+    for seed in (1, 2, 1):
+        for (x1, y1), (x2, y2) in zip(batches(task, seed), batches(fresh, seed)):
+            np.testing.assert_array_equal(x1, x2)
+            np.testing.assert_array_equal(y1, y2)
+    assert list(task._memory) == [task.splits["search_train"]]  # pylint: disable=protected-access
+    assert not fresh._memory  # pylint: disable=protected-access
+
+
 def test_training_stream_is_endless_and_eval_stream_is_one_pass(data_dir):
     task = data.get_task("digits_low", data_dir=data_dir)
     n = task.num_examples("search_val")

@@ -189,6 +189,13 @@ class TfdsSource:
             read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
         )
 
+    def seed_orders_files(self, split: str) -> bool:
+        """Whether `read(split, shuffle_files=True, seed=s)`'s order depends on `s`: when the
+        split spans more than one file, or its files are unknown (mock data)."""
+        if not self._has_metadata(split):
+            return True
+        return self.builder.info.splits[split].num_shards != 1
+
     def label_counts(self, split: str) -> np.ndarray:
         """Examples per class in a split string (one pass over its labels, images not decoded)."""
         key = (os.fspath(self.builder.data_dir), split)
@@ -306,6 +313,10 @@ class FolderSource:
         for part in parts[1:]:
             dataset = dataset.concatenate(part)
         return dataset
+
+    def seed_orders_files(self, split: str) -> bool:
+        del split
+        return False  # `read` ignores the seed.
 
     def label_counts(self, split: str) -> np.ndarray:
         """Examples per class in a split string (one pass, decoding the images)."""
