@@ -12,8 +12,6 @@ TensorFlow's collective ops, which is possible only before TensorFlow runs its f
 the tools call `get_strategy()` right after parsing their configuration, before the tasks
 are built, and the roots get the same object back.
 """
-import json
-import os
 from typing import Optional
 
 import gin
@@ -47,8 +45,7 @@ def get_strategy(kind: str = "auto", collective_timeout: Optional[float] = 600.0
 
 def _make_strategy(kind: str, collective_timeout: Optional[float], logical_cpus: int):
     if kind == "auto":
-        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-        if sum(len(v) for v in cluster.values()) > 1:
+        if runtime.cluster_size() > 1:
             kind = "multi_worker"
         elif len(tf.config.list_logical_devices("GPU")) > 1:
             kind = "mirrored"

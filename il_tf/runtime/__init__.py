@@ -22,7 +22,8 @@ What a caller gets:
   (`moving_statistics_frozen`, `moving_statistics_deferred`, `moving_statistics_mode`).
 - Keras's recursive layer listing (`flatten_layers`).
 - A tool's exit without the interpreter's and TensorFlow's teardown, about a second per
-  process (`exit_without_teardown`, teardown.py; `IL_TF_FAST_EXIT`).
+  process (`exit_without_teardown`, teardown.py; `IL_TF_FAST_EXIT`), and the size of the
+  cluster `TF_CONFIG` names (`cluster_size`), which decides it and the "auto" strategy.
 - Process defaults, set when this package is first imported (il_tf's `__init__` imports it
   before anything else), each with the environment variable that turns it off: glibc's
   malloc arenas capped at one (malloc.py; `IL_TF_MALLOC_ARENAS`), oneDNN kernels on x86-64
@@ -89,6 +90,7 @@ from il_tf.runtime.internals import num_workers
 from il_tf.runtime.recompute import call_recomputed
 from il_tf.runtime.recompute import recompute_disabled
 from il_tf.runtime.recompute import recompute_in_backward
+from il_tf.runtime.teardown import cluster_size
 from il_tf.runtime.teardown import exit_without_teardown
 from il_tf.runtime.tracing import moving_statistics_deferred
 from il_tf.runtime.tracing import moving_statistics_frozen

@@ -23,12 +23,19 @@ from il_tf.runtime import switches
 ENV = "IL_TF_FAST_EXIT"
 
 
+def cluster_size() -> int:
+    """Tasks in the cluster that `TF_CONFIG` describes (0 without one); also how
+    il_tf.distribute's "auto" tells a multi-worker run. Raises ValueError (bad JSON) or
+    AttributeError (a cluster that is not a mapping) on a malformed `TF_CONFIG`."""
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    return sum(len(tasks) for tasks in cluster.values())
+
+
 def _in_cluster() -> bool:
     try:
-        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster") or {}
+        return cluster_size() > 1
     except (ValueError, AttributeError):
         return True  # Unreadable: TensorFlow will say so; do not guess.
-    return sum(len(tasks) for tasks in cluster.values()) > 1
 
 
 def exit_without_teardown(status: int) -> None:
