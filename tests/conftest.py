@@ -1,13 +1,5 @@
 """Fixtures shared by the test modules."""
-import os
-
 import pytest
-
-# One intra-op thread for every TensorFlow process of the suite (the pytest-xdist workers and
-# the tools they start inherit it): the suite runs two workers on two cores (pytest.ini),
-# each often waiting for a tool process, so every process that spread its ops over both
-# cores only contended with the others. A test that is about the thread count sets its own.
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
